@@ -5,7 +5,6 @@ Errors are raised as the classes in ``engram.core.errors`` (builtin ``ValueError
 ``TypeError`` when that package is not importable).
 """
 
-from collections.abc import Sequence
 from typing import Any
 
 __version__: str
@@ -39,5 +38,5 @@ def merkle_leaf(cid: str, embedding_hash_hex: str) -> str: ...
 def merkle_root(leaves: list[tuple[str, str]]) -> str: ...
 def merkle_proof(leaves: list[tuple[str, str]], index: int) -> list[tuple[str, str]]: ...
 def verify_merkle_proof(
-    root_hex: str, leaf: tuple[str, str], proof: Sequence[tuple[str, str]]
+    root_hex: str, leaf: tuple[str, str], proof: list[tuple[str, str]]
 ) -> bool: ...

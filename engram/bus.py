@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,7 +14,9 @@ from typing import Any
 import nats
 import structlog
 from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js.errors import ServiceUnavailableError
 
 from streams.publisher import Publisher
 from streams.topology import STREAMS, StreamSpec, ensure
@@ -83,6 +87,20 @@ def connect_options(settings: Settings, url: str) -> dict[str, Any]:
     return opts
 
 
+async def _ensure_with_retry(js: JetStreamContext, streams: tuple[StreamSpec, ...], replicas: int) -> None:
+    """A cluster that just started may not have elected its JetStream meta leader yet."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await ensure(js, streams, replicas=replicas)
+            return
+        except (NatsTimeoutError, ServiceUnavailableError, asyncio.TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.info("JetStream not ready yet; retrying", error=repr(exc))
+            await asyncio.sleep(0.5)
+
+
 def start_embedded(settings: Settings) -> EmbeddedNats:
     return EmbeddedNats(
         data_dir=settings.data_path / "nats",
@@ -112,7 +130,7 @@ async def open_bus(
         raise
     js = nc.jetstream(timeout=10)
     if ensure_streams:
-        await ensure(js, streams, replicas=settings.stream_replicas)
+        await _ensure_with_retry(js, streams, settings.stream_replicas)
     log.debug("bus open", url=url, embedded=server is not None)
     return Bus(nc=nc, js=js, publisher=Publisher(js, producer=settings.producer), settings=settings, server=server)
 

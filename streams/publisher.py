@@ -66,27 +66,25 @@ class Publisher:
         """Publish pre-encoded ``(subject, payload, headers)``; headers must hold a msg id."""
         acks: list[api.PubAck | None] = [None] * len(messages)
         pending = list(range(len(messages)))
-        last_error: BaseException | None = None
         for _attempt in range(self.retries + 1):
-            futures = []
+            futures: dict[asyncio.Future[api.PubAck], int] = {}
             for i in pending:
                 subject, payload, headers = messages[i]
-                futures.append(await self.js.publish_async(subject, payload, headers=dict(headers)))
-            done = await asyncio.gather(
-                *(asyncio.wait_for(f, self.ack_timeout_s) for f in futures), return_exceptions=True
-            )
-            retry: list[int] = []
-            for i, result in zip(pending, done, strict=True):
-                if isinstance(result, api.PubAck):
-                    acks[i] = result
-                elif isinstance(result, NoStreamResponseError):
-                    raise PublishError(f"no JetStream stream captures subject {messages[i][0]!r}") from result
-                elif isinstance(result, asyncio.TimeoutError | TimeoutError):
-                    retry.append(i)
-                    last_error = result
-                elif isinstance(result, BaseException):
-                    raise PublishError(f"publish to {messages[i][0]!r} failed: {result}") from result
-            if not retry:
+                futures[await self.js.publish_async(subject, payload, headers=dict(headers))] = i
+            done, not_done = await asyncio.wait(futures, timeout=self.ack_timeout_s)
+            for fut in not_done:
+                fut.cancel()
+            for fut in done:
+                i = futures[fut]
+                exc = fut.exception()
+                if exc is None:
+                    acks[i] = fut.result()
+                elif isinstance(exc, NoStreamResponseError):
+                    raise PublishError(f"no JetStream stream captures subject {messages[i][0]!r}") from exc
+                else:
+                    raise PublishError(f"publish to {messages[i][0]!r} failed: {exc}") from exc
+            if not not_done:
                 return [a for a in acks if a is not None]
-            pending = retry
-        raise PublishError(f"{len(pending)} publishes not acknowledged after {self.retries + 1} tries") from last_error
+            # not acked in time: send again with the same Nats-Msg-Id (de-duplicated)
+            pending = sorted(futures[f] for f in not_done)
+        raise PublishError(f"{len(pending)} publishes not acknowledged after {self.retries + 1} tries")

@@ -7,6 +7,10 @@
 //! The `python` feature (on by default) adds the PyO3 module `engram_core`; without it the
 //! crate is plain Rust (`cargo test --no-default-features`).
 
+// Embedding bytes are hashed where they lie, as little-endian float32.
+#[cfg(target_endian = "big")]
+compile_error!("engram-core assumes a little-endian host (f32 memory == f32_le bytes)");
+
 pub mod canon;
 pub mod cid;
 pub mod error;
@@ -14,6 +18,8 @@ pub mod merkle;
 pub mod par;
 pub mod proof;
 
+#[cfg(feature = "python")]
+mod buffer;
 #[cfg(feature = "python")]
 mod py;
 

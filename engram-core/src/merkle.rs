@@ -100,15 +100,14 @@ pub fn root(leaves: &[(&str, &str)]) -> Result<[u8; 32]> {
     Ok(level[0])
 }
 
-pub fn proof(leaves: &[(&str, &str)], index: usize) -> Result<Vec<Step>> {
+pub fn proof(leaves: &[(&str, &str)], index: i64) -> Result<Vec<Step>> {
     let mut level = leaf_hashes(leaves)?;
-    if index >= level.len() {
+    let Some(mut idx) = usize::try_from(index).ok().filter(|i| *i < level.len()) else {
         return err(
             ErrorKind::InvalidMerkleInput,
             format!("leaf index {index} out of range for {} leaves", level.len()),
         );
-    }
-    let mut idx = index;
+    };
     let mut steps = Vec::new();
     while level.len() > 1 {
         let sibling = idx ^ 1;
@@ -152,7 +151,7 @@ mod tests {
                 .collect();
             let r = hex::encode(root(&leaves).unwrap());
             for (i, (c, e)) in leaves.iter().enumerate() {
-                let p = proof(&leaves, i).unwrap();
+                let p = proof(&leaves, i as i64).unwrap();
                 assert!(verify(&r, c, e, &p).unwrap());
                 assert!(!verify(&r, c, &hashes[12], &p).unwrap() || n == 13 && i == 12);
             }

@@ -2,12 +2,12 @@
 //! other modules. Every error becomes an exception from `engram.core.errors` (or a builtin
 //! `ValueError`/`TypeError` when that package is not importable); nothing panics.
 
+use crate::buffer::RawBuffer;
 use crate::canon::{self, MAX_DEPTH, MODEL_VERSION_KEY};
 use crate::cid;
 use crate::error::{CoreError, ErrorKind};
 use crate::merkle::{self, Side, Step};
 use crate::proof;
-use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
@@ -77,28 +77,17 @@ fn hex_arg<'a>(obj: &'a Bound<'_, PyAny>, kind: ErrorKind, what: &str) -> CoreRe
 
 /// An embedding's `f32_le` bytes: borrowed from a buffer, or built from a list of floats.
 enum Vector {
-    Buffer(PyBuffer<f32>),
+    Buffer(RawBuffer),
     Owned(Vec<u8>),
 }
 
 impl Vector {
     fn bytes(&self) -> &[u8] {
         match self {
-            Vector::Buffer(b) => buffer_bytes(b),
+            Vector::Buffer(b) => b.bytes(),
             Vector::Owned(v) => v,
         }
     }
-}
-
-fn buffer_bytes(b: &PyBuffer<f32>) -> &[u8] {
-    let len = b.len_bytes();
-    if len == 0 || b.buf_ptr().is_null() {
-        return &[];
-    }
-    // SAFETY: the exporter guarantees `len` readable bytes at `buf_ptr` for as long as the
-    // buffer is held (we hold it); we checked C-contiguity, so they are the items in order.
-    // u8 has no alignment requirement.
-    unsafe { std::slice::from_raw_parts(b.buf_ptr() as *const u8, len) }
 }
 
 fn dtype_error(obj: &Bound<'_, PyAny>, what: &str) -> CoreError {
@@ -117,9 +106,14 @@ fn dtype_error(obj: &Bound<'_, PyAny>, what: &str) -> CoreError {
     )
 }
 
-fn float32_buffer(obj: &Bound<'_, PyAny>, ndim: usize, what: &str) -> CoreResult<PyBuffer<f32>> {
-    let buf = PyBuffer::<f32>::get(obj).map_err(|_| dtype_error(obj, what))?;
-    if buf.dimensions() != ndim {
+fn float32_buffer(obj: &Bound<'_, PyAny>, ndim: usize, what: &str) -> CoreResult<RawBuffer> {
+    let buf = RawBuffer::get(obj).ok_or_else(|| dtype_error(obj, what))?;
+    // Memory is hashed as little-endian float32, so only native (= little-endian, see
+    // lib.rs) 4-byte float formats pass.
+    if !matches!(buf.format(), b"f" | b"@f" | b"=f" | b"<f") || buf.itemsize() != 4 {
+        return Err(dtype_error(obj, what));
+    }
+    if buf.ndim() != ndim {
         return Err(CoreError::new(
             ErrorKind::InvalidEmbedding,
             format!("{what} must be {ndim}-D, got shape {:?}", buf.shape()),
@@ -168,16 +162,20 @@ fn vector(obj: &Bound<'_, PyAny>) -> CoreResult<Vector> {
 }
 
 /// A 2-D float32 matrix: its buffer and row count.
-fn matrix(obj: &Bound<'_, PyAny>) -> CoreResult<(PyBuffer<f32>, usize)> {
+fn matrix(obj: &Bound<'_, PyAny>) -> CoreResult<(RawBuffer, usize)> {
     let buf = float32_buffer(obj, 2, "matrix")?;
-    let shape = buf.shape().to_vec();
-    if shape[1] == 0 {
+    let shape = buf.shape();
+    let (rows, dim) = (
+        shape.first().copied().unwrap_or(0),
+        shape.get(1).copied().unwrap_or(0),
+    );
+    if dim == 0 {
         return Err(CoreError::new(
             ErrorKind::InvalidEmbedding,
             "matrix rows are empty (dim 0)",
         ));
     }
-    Ok((buf, shape[0]))
+    Ok((buf, rows))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -337,7 +335,7 @@ fn embedding_hash(py: Python<'_>, vec: &Bound<'_, PyAny>) -> PyResult<String> {
 #[pyfunction]
 fn embedding_hashes(py: Python<'_>, matrix: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
     let (buf, rows) = self::matrix(matrix).py_err(py)?;
-    let bytes = buffer_bytes(&buf);
+    let bytes = buf.bytes();
     py.allow_threads(|| {
         let rows = cid::rows_of(bytes, rows)?;
         cid::embedding_hashes(&rows)
@@ -396,7 +394,7 @@ fn compute_cids(
             .py_err(py)?;
         ends.push(canon.len());
     }
-    let bytes = buffer_bytes(&buf);
+    let bytes = buf.bytes();
     py.allow_threads(|| {
         let rows = cid::rows_of(bytes, rows)?;
         let mut start = 0;
@@ -518,7 +516,7 @@ fn proofs_v2(
     let nonces = list_items(nonces_hex, "nonces").py_err(py)?;
     let n = str_list(&nonces, ErrorKind::InvalidNonce, "nonce").py_err(py)?;
     let (buf, rows) = self::matrix(matrix).py_err(py)?;
-    let bytes = buffer_bytes(&buf);
+    let bytes = buf.bytes();
     py.allow_threads(|| {
         let rows = cid::rows_of(bytes, rows)?;
         proof::proofs_v2(hk, &n, &rows)
@@ -640,7 +638,7 @@ fn merkle_root(py: Python<'_>, leaves: &Bound<'_, PyAny>) -> PyResult<String> {
 fn merkle_proof(
     py: Python<'_>,
     leaves: &Bound<'_, PyAny>,
-    index: usize,
+    index: i64,
 ) -> PyResult<Vec<(&'static str, String)>> {
     let pairs = pairs_arg(leaves).py_err(py)?;
     let steps = py

@@ -33,6 +33,7 @@ Design decisions (see docs/architecture.md, "miner store"):
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -47,7 +48,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from usearch.index import Index
+
+try:  # onnxruntime must be loaded before usearch: the other order segfaults when a
+    import onnxruntime  # noqa: F401  # model is loaded later (native library clash,
+except ImportError:  # pragma: no cover  # usearch 2.26.6 + onnxruntime 1.31.1)
+    pass
+from usearch.index import Index  # noqa: E402
 
 __all__ = ["ApplyResult", "Hit", "MemoryStore", "Record", "StoreError", "matches_filter"]
 
@@ -68,6 +74,7 @@ CREATE TABLE IF NOT EXISTS memories (
     UNIQUE (namespace, cid)
 );
 CREATE INDEX IF NOT EXISTS memories_cid ON memories (cid);
+CREATE INDEX IF NOT EXISTS memories_request ON memories (request_id);
 CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 """
 
@@ -105,10 +112,11 @@ class Record:
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     seq: int
-    kind: str  # "stored" | "duplicate" | "deleted" | "skipped"
+    kind: str  # "stored" | "duplicate" | "deleted" | "skipped" | "rejected"
     cid: str
     request_id: str = ""
     namespace: str = ""
+    error: str = ""
 
 
 @dataclass(slots=True)
@@ -193,6 +201,16 @@ class MemoryStore:
 
     def _open(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        if getattr(self, "_lockfile", None) is None:
+            lockfile = open(self.root / "LOCK", "a")  # noqa: SIM115 - held while open
+            try:
+                fcntl.flock(lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lockfile.close()
+                raise StoreError(
+                    f"the store at {self.root} is open in another process (a running miner?)"
+                ) from None
+            self._lockfile = lockfile
         live = self.root / "live.sqlite"
         for suffix in ("", "-wal", "-shm"):
             p = Path(str(live) + suffix)
@@ -226,6 +244,9 @@ class MemoryStore:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            lockfile, self._lockfile = getattr(self, "_lockfile", None), None
+            if lockfile is not None:
+                lockfile.close()
 
     def reset(self) -> None:
         """Forget everything (snapshots included): the start of a rebuild from seq 1."""
@@ -327,12 +348,15 @@ class MemoryStore:
         self.stats.deletes += len(rows)
         return ApplyResult(seq, "deleted" if rows else "skipped", cid)
 
-    def apply_batch(self, items: Iterable[tuple[int, Any]]) -> list[ApplyResult]:
+    def apply_batch(
+        self, items: Iterable[tuple[int, Any]], *, raise_on_reject: bool = False
+    ) -> list[ApplyResult]:
         """Apply ``(stream_seq, event)`` pairs in order; events at or below
         ``applied_seq`` are skipped (replay after a snapshot). Understands ``Embedded`` and
-        ``Deleted``; any other event only advances the sequence. A malformed ``Embedded``
-        raises :class:`StoreError` *before* anything of the batch is committed... except
-        the items before it, which are committed with their sequence."""
+        ``Deleted``; any other event only advances the sequence. A malformed ``Embedded`` (wrong
+        dimension, NaN) changes nothing and comes back as a ``rejected`` result with the
+        reason (or raises :class:`StoreError` with ``raise_on_reject``; the items before it
+        stay applied)."""
         results: list[ApplyResult] = []
         with self._lock:
             db = self.db
@@ -343,8 +367,8 @@ class MemoryStore:
                         continue
                     kind = getattr(ev, "kind", type(ev).__name__)
                     if kind == "Embedded":
-                        results.append(
-                            self._put(
+                        try:
+                            res = self._put(
                                 seq,
                                 cid=ev.cid,
                                 vector=ev.vector,
@@ -354,7 +378,13 @@ class MemoryStore:
                                 request_id=ev.request_id,
                                 text=ev.text,
                             )
-                        )
+                        except StoreError as exc:
+                            if raise_on_reject:
+                                raise
+                            res = ApplyResult(
+                                seq, "rejected", ev.cid, ev.request_id, ev.namespace, str(exc)
+                            )
+                        results.append(res)
                     elif kind == "Deleted":
                         results.append(self._delete(seq, ev.cid))
                     self.applied_seq = seq
@@ -479,6 +509,14 @@ class MemoryStore:
             q += " ORDER BY namespace != 'public', key LIMIT 1"
             row = self.db.execute(q, args).fetchone()
             return self._row_to_record(row) if row else None
+
+    def find_request(self, request_id: str) -> str | None:
+        """The CID stored for an ingest request id, if that request was applied."""
+        with self._lock:
+            row = self.db.execute(
+                "SELECT cid FROM memories WHERE request_id=? AND deleted=0 LIMIT 1", (request_id,)
+            ).fetchone()
+            return str(row[0]) if row else None
 
     def records(self, namespace: str | None = None) -> list[Record]:
         with self._lock:

@@ -32,7 +32,7 @@ def clustered(rng: np.random.Generator, n: int, clusters: int = 30) -> np.ndarra
     """Like real embeddings: points around topic centroids (random 384-d vectors are a
     worst case for any graph index and say little about recall on text)."""
     cent = unit(rng, clusters)
-    v = cent[rng.integers(0, clusters, n)] + 0.08 * rng.standard_normal((n, DIM))
+    v = cent[rng.integers(0, clusters, n)] + 0.03 * rng.standard_normal((n, DIM))
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -94,7 +94,8 @@ def test_filters_keep_recall(tmp_path, rng):
         [(i + 1, emb(i, vecs[i], color=("red" if i % 2 else "blue"), rare=(i % 500 == 0)))
          for i in range(n)]
     )
-    queries = clustered(rng, 30)
+    queries = vecs[rng.integers(0, n, 30)] + 0.02 * rng.standard_normal((30, DIM))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     for flt in ({"color": "red"}, {"rare": True}, {"color": "blue", "rare": True}):
         mask = np.array([matches_filter({"color": ("red" if i % 2 else "blue"),
                                          "rare": (i % 500 == 0)}, flt) for i in range(n)])
@@ -144,6 +145,9 @@ def test_snapshots_are_pruned_and_reset_forgets(tmp_path, rng):
     assert len(list((tmp_path / "snapshots").iterdir())) == 2
     store.reset()
     assert store.applied_seq == 0 and len(store) == 0
+    with pytest.raises(StoreError, match="open in another process"):
+        MemoryStore(tmp_path)
+    store.close()
     assert MemoryStore(tmp_path).applied_seq == 0
 
 
@@ -151,8 +155,8 @@ def test_bad_vectors_are_rejected(tmp_path, rng):
     store = MemoryStore(tmp_path)
     bad = Embedded(cid="v1::x", vector=b"\0" * 12, dim=3)
     with pytest.raises(StoreError, match="3 dimensions"):
-        store.apply_batch([(1, bad)])
+        store.apply_batch([(1, bad)], raise_on_reject=True)
     nan = np.full(DIM, np.nan, dtype=np.float32)
-    with pytest.raises(StoreError, match="NaN"):
-        store.apply_batch([(2, emb(1, nan))])
-    assert len(store) == 0
+    res = store.apply_batch([(2, emb(1, nan)), (3, emb(2, unit(rng, 1)[0]))])
+    assert res[0].kind == "rejected" and "NaN" in res[0].error and res[1].kind == "stored"
+    assert len(store) == 1 and store.applied_seq == 3

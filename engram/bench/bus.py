@@ -1,0 +1,125 @@
+"""``engram bench bus``: our publisher and worker runner against plain nats-py, same run.
+
+Each figure is measured on a fresh embedded nats-server with the configured durability
+(``sync_interval: always`` by default), so the ratio ``publish_per_s / raw_publish_per_s``
+compares like with like. The same is repeated once on a server with the default 2-minute
+sync to show what durability costs, and one-at-a-time acked publishing is measured as the
+slow baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from nats.js import api
+from rich.console import Console
+
+from engram.bus import open_bus
+from engram.config import Settings
+from streams.events import DemoNoted, encode
+from streams.topology import ConsumerSpec
+from streams.worker import Delivery, Worker
+
+console = Console(stderr=True)
+
+
+def _payloads(n: int, size: int) -> list[DemoNoted]:
+    blob = os.urandom(size)
+    return [DemoNoted(n=i, note="bench", payload=blob) for i in range(n)]
+
+
+async def _raw_publish(js: Any, events: list[DemoNoted]) -> float:
+    """Plain nats-py: publish_async every payload (same bytes, same msg ids), await acks."""
+    data = [(e.subject(), encode(e), {"Nats-Msg-Id": "raw-" + e.msg_id()}) for e in events]
+    t0 = time.perf_counter()
+    futures = [await js.publish_async(subj, payload, headers=hdr) for subj, payload, hdr in data]
+    acks: list[api.PubAck] = await asyncio.gather(*futures)
+    elapsed = time.perf_counter() - t0
+    assert len(acks) == len(events)
+    return len(events) / elapsed
+
+
+async def _our_publish(publisher: Any, events: list[DemoNoted], chunk: int) -> float:
+    t0 = time.perf_counter()
+    for i in range(0, len(events), chunk):
+        await publisher.publish_many(events[i : i + chunk])
+    return len(events) / (time.perf_counter() - t0)
+
+
+async def _one_at_a_time(js: Any, events: list[DemoNoted]) -> float:
+    t0 = time.perf_counter()
+    for e in events:
+        await js.publish(e.subject(), encode(e), headers={"Nats-Msg-Id": "one-" + e.msg_id()})
+    return len(events) / (time.perf_counter() - t0)
+
+
+async def _consume(bus: Any, expected: int, batch: int) -> float:
+    done = asyncio.Event()
+    count = 0
+
+    async def handler(deliveries: list[Delivery]) -> None:
+        nonlocal count
+        count += len(deliveries)
+
+    worker = Worker(
+        bus.js,
+        ConsumerSpec("bench-consume", "INGEST", ("engram.ingest.demo",), max_ack_pending=8192),
+        handler,
+        bus.publisher,
+        batch=batch,
+        concurrency=2,
+    )
+    t0 = time.perf_counter()
+    task = asyncio.create_task(worker.run())
+    while worker.stats.acked < expected:
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - t0
+    worker.stop()
+    await task
+    done.set()
+    return worker.stats.acked / elapsed
+
+
+async def _measure(sync: str, events: int, size: int, chunk: int, consume: bool) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="engram-bench-") as tmp:
+        settings = Settings(data_dir=str(Path(tmp)), nats_sync=sync, node_id="bench")
+        bus = await open_bus(settings)
+        try:
+            ours_events = _payloads(events, size)
+            raw_events = _payloads(events, size)
+            # warm up the connection and the async-reply subscription
+            await _raw_publish(bus.js, _payloads(200, size))
+            raw1 = await _raw_publish(bus.js, raw_events[: events // 2])
+            ours1 = await _our_publish(bus.publisher, ours_events[: events // 2], chunk)
+            ours2 = await _our_publish(bus.publisher, ours_events[events // 2 :], chunk)
+            raw2 = await _raw_publish(bus.js, raw_events[events // 2 :])
+            out = {"publish_per_s": (ours1 + ours2) / 2, "raw_publish_per_s": (raw1 + raw2) / 2}
+            if consume:
+                out["consume_per_s"] = await _consume(bus, events + 200 + len(raw_events), 256)
+                out["one_at_a_time_per_s"] = await _one_at_a_time(bus.js, _payloads(min(events, 1000), size))
+            return out
+        finally:
+            await bus.close()
+
+
+async def run(events: int = 20000, size: int = 1024, chunk: int = 5000, sync: str = "always") -> dict[str, Any]:
+    console.print(f"bench bus: {events} events of ~{size} B, sync_interval={sync}")
+    main = await _measure(sync, events, size, chunk, consume=True)
+    console.print("bench bus: same again with the server's default sync (2m)")
+    loose = await _measure("2m", events, size, chunk, consume=False)
+    result: dict[str, Any] = {
+        "events": events,
+        "payload_bytes": size,
+        "sync_interval": sync,
+        **{k: round(v, 1) for k, v in main.items()},
+        "publish_ratio": round(main["publish_per_s"] / main["raw_publish_per_s"], 3),
+        "default_sync_publish_per_s": round(loose["publish_per_s"], 1),
+        "default_sync_raw_publish_per_s": round(loose["raw_publish_per_s"], 1),
+    }
+    result["durability_cost"] = round(loose["publish_per_s"] / main["publish_per_s"], 2)
+    return result

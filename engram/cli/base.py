@@ -1,0 +1,170 @@
+"""Everyday commands: ``config show``, ``nats up|status``, ``doctor``, ``demo``, ``replay``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import signal
+import sys
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import get_settings, print_json, run_async
+
+console = Console(stderr=True)
+
+
+@click.group("config")
+def config_group() -> None:
+    """Show settings."""
+
+
+@config_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def config_show(ctx: click.Context, as_json: bool) -> None:
+    """Print the effective settings (defaults < TOML file < ENGRAM_* env), secrets masked."""
+    shown = get_settings(ctx).shown()
+    if as_json:
+        print_json(shown)
+        return
+    table = Table("setting", "value", title="engram settings")
+    for key, value in shown.items():
+        table.add_row(key, "(embedded)" if key == "nats_url" and value is None else str(value))
+    Console().print(table)
+
+
+@click.group("nats")
+def nats_group() -> None:
+    """The embedded NATS server (used when ENGRAM_NATS_URL is not set)."""
+
+
+@nats_group.command("up")
+@click.option("--port", type=int, default=None, help="Client port (default: settings, else a free one).")
+@click.pass_context
+def nats_up(ctx: click.Context, port: int | None) -> None:
+    """Run the embedded nats-server with JetStream in the foreground until Ctrl-C."""
+    from engram.natsd import EmbeddedNats
+
+    s = get_settings(ctx)
+    server = EmbeddedNats(
+        data_dir=s.data_path / "nats", port=port or s.nats_port, monitor_port=s.nats_monitor_port, sync=s.nats_sync
+    )
+    server.start()
+    if not server.owned:
+        console.print(f"[yellow]already running[/] at {server.url} (data dir {server.data_dir})")
+        return
+    console.print(f"[green]nats-server up[/] at [bold]{server.url}[/]  store {server.store_dir}  sync_interval={s.nats_sync}")
+    console.print("Ctrl-C to stop.")
+    stopped = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopped
+        stopped = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not stopped and server.process is not None and server.process.poll() is None:
+            time.sleep(0.2)
+    finally:
+        server.stop()
+        console.print("nats-server stopped")
+
+
+@nats_group.command("status")
+@click.pass_context
+def nats_status(ctx: click.Context) -> None:
+    """Is the embedded server for this data dir running? Streams and messages if so."""
+    from engram.natsd import server_status
+
+    s = get_settings(ctx)
+    if s.nats_url:
+        print_json({"external": True, "url": s.shown()["nats_url"]})
+        return
+    status = server_status(s.data_path / "nats")
+    print_json(status)
+    if not status["running"]:
+        sys.exit(1)
+
+
+@click.command("doctor")
+@click.pass_context
+def doctor(ctx: click.Context) -> None:
+    """What this installation uses: Python, engram-core backend, nats-server, settings."""
+    from engram.natsd import NatsServerError, find_nats_server
+
+    s = get_settings(ctx)
+    report: dict[str, object] = {"python": platform.python_version(), "data_dir": str(s.data_path)}
+    try:
+        from engram import core
+
+        report["core"] = core.backend_info()
+    except ImportError as exc:
+        report["core"] = {"error": str(exc)}
+    try:
+        report["nats_server"] = find_nats_server()
+    except NatsServerError as exc:
+        report["nats_server"] = f"missing: {exc}"
+    report["nats"] = "external" if s.nats_url else "embedded"
+    print_json(report)
+
+
+@click.command("demo")
+@click.option("--events", default=200, show_default=True, help="How many demo events to publish.")
+@click.pass_context
+def demo(ctx: click.Context, events: int) -> None:
+    """Start the embedded server, publish events, run a worker, replay and rebuild."""
+    from engram.demo import run_demo
+
+    s = get_settings(ctx)
+    result = run_async(run_demo(s, events))
+    print_json(result)
+
+
+@click.command("replay")
+@click.argument("stream")
+@click.option("--from-seq", type=int, default=1, show_default=True)
+@click.option("--since", type=click.DateTime(), default=None, help="Start at this UTC time instead.")
+@click.option("--limit", type=int, default=0, help="Stop after N events (0 = all).")
+@click.pass_context
+def replay_cmd(ctx: click.Context, stream: str, from_seq: int, since: dt.datetime | None, limit: int) -> None:
+    """Print a stream's events as JSON lines, in order (vectors and bytes as lengths)."""
+    import msgspec
+
+    from engram.bus import open_bus
+    from streams.replay import replay_raw
+
+    s = get_settings(ctx)
+
+    async def _run() -> None:
+        bus = await open_bus(s)
+        try:
+            n = 0
+            start = since.replace(tzinfo=dt.UTC) if since else None
+            async for item in replay_raw(bus.js, stream.upper(), start_seq=from_seq, start_time=start):
+                if item.event is None:
+                    print_json({"seq": item.seq, "subject": item.subject, "malformed": item.error})
+                else:
+                    body = {
+                        k: f"<{len(v)} bytes>" if isinstance(v, bytes) else v
+                        for k, v in msgspec.structs.asdict(item.event).items()
+                    }
+                    body["kind"] = item.event.kind
+                    print_json({"seq": item.seq, **body})
+                n += 1
+                if limit and n >= limit:
+                    break
+        finally:
+            await bus.close()
+
+    run_async(_run())
+
+
+def register(main: click.Group) -> None:
+    for cmd in (config_group, nats_group, doctor, demo, replay_cmd):
+        main.add_command(cmd)
+
