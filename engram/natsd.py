@@ -247,7 +247,7 @@ def server_status(data_dir: Path) -> dict[str, object]:
             consumers=jsz.get("consumers"),
             messages=jsz.get("messages"),
             bytes=jsz.get("bytes"),
-            sync_interval=(jsz.get("config") or {}).get("sync_interval"),
+            sync_always=(jsz.get("config") or {}).get("sync_always", False),
         )
     except (urllib.error.URLError, OSError, ValueError):
         pass

@@ -34,7 +34,7 @@ def core(request: pytest.FixtureRequest) -> Backend:
     return available[request.param]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def both() -> tuple[Backend, Backend]:
     """(rust, python) for parity tests."""
     available = backends()

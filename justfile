@@ -1,0 +1,30 @@
+# Everyday commands. `just --list` shows them. Run inside the virtualenv (.venv).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# install everything (engram-core built from source by maturin) into the active venv
+setup:
+    pip install -q ./engram-core -e '.[dev]'
+
+# the main job on the embedded defaults
+run:
+    engram demo
+
+# every test: the Rust crate's own tests and vectors, then pytest (real NATS, model, index)
+test:
+    cargo test -q --manifest-path engram-core/Cargo.toml --no-default-features
+    pytest
+
+# lints and types
+lint:
+    ruff check engram streams tests
+    ruff format --check engram streams tests
+    mypy
+    cargo fmt --manifest-path engram-core/Cargo.toml --check
+    cargo clippy -q --manifest-path engram-core/Cargo.toml --all-targets -- -D warnings
+
+# benchmarks: each prints one JSON object on its last line
+bench:
+    engram bench bus --events 20000 --json
+    engram bench core --rows 100000 --dim 384 --json
+    engram bench ingest --docs 5000 --json
