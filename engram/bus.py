@@ -83,18 +83,22 @@ def connect_options(settings: Settings, url: str) -> dict[str, Any]:
     async def _reconnected_cb() -> None:
         log.info("nats reconnected")
 
-    opts.update(error_cb=_error_cb, disconnected_cb=_disconnected_cb, reconnected_cb=_reconnected_cb)
+    opts.update(
+        error_cb=_error_cb, disconnected_cb=_disconnected_cb, reconnected_cb=_reconnected_cb
+    )
     return opts
 
 
-async def _ensure_with_retry(js: JetStreamContext, streams: tuple[StreamSpec, ...], replicas: int) -> None:
+async def _ensure_with_retry(
+    js: JetStreamContext, streams: tuple[StreamSpec, ...], replicas: int
+) -> None:
     """A cluster that just started may not have elected its JetStream meta leader yet."""
     deadline = time.monotonic() + 30
     while True:
         try:
             await ensure(js, streams, replicas=replicas)
             return
-        except (NatsTimeoutError, ServiceUnavailableError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, NatsTimeoutError, ServiceUnavailableError) as exc:
             if time.monotonic() > deadline:
                 raise
             log.info("JetStream not ready yet; retrying", error=repr(exc))
@@ -132,7 +136,13 @@ async def open_bus(
     if ensure_streams:
         await _ensure_with_retry(js, streams, settings.stream_replicas)
     log.debug("bus open", url=url, embedded=server is not None)
-    return Bus(nc=nc, js=js, publisher=Publisher(js, producer=settings.producer), settings=settings, server=server)
+    return Bus(
+        nc=nc,
+        js=js,
+        publisher=Publisher(js, producer=settings.producer),
+        settings=settings,
+        server=server,
+    )
 
 
 @asynccontextmanager

@@ -104,9 +104,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             if out.get(key):
                 out[key] = "********"
         if out.get("nats_url") and "@" in out["nats_url"]:
-            scheme, rest = out["nats_url"].split("://", 1) if "://" in out["nats_url"] else ("", out["nats_url"])
+            scheme, rest = (
+                out["nats_url"].split("://", 1)
+                if "://" in out["nats_url"]
+                else ("", out["nats_url"])
+            )
             creds, host = rest.rsplit("@", 1)
-            out["nats_url"] = f"{scheme}://{creds.split(':')[0]}:********@{host}" if scheme else f"****@{host}"
+            out["nats_url"] = (
+                f"{scheme}://{creds.split(':')[0]}:********@{host}" if scheme else f"****@{host}"
+            )
         return out  # type: ignore[no-any-return]
 
 

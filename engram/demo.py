@@ -67,7 +67,11 @@ async def run_demo(settings: Settings, events: int = 200) -> dict[str, Any]:
                     else:
                         fresh += 1
                 progress.advance(task, 2 * len(chunk))
-        await bus.js.publish("engram.ingest.demo", b"\xc1 not an event", headers={"Nats-Msg-Id": f"bad:{time.time()}"})
+        await bus.js.publish(
+            "engram.ingest.demo",
+            b"\xc1 not an event",
+            headers={"Nats-Msg-Id": f"bad:{time.time()}"},
+        )
 
         seen: dict[str, int] = {"handled": 0}
 
@@ -83,7 +87,10 @@ async def run_demo(settings: Settings, events: int = 200) -> dict[str, Any]:
         )
         task_ = asyncio.create_task(worker.run())
         deadline = time.monotonic() + 30
-        while seen["handled"] + worker.stats.dead_lettered < events + 1 and time.monotonic() < deadline:
+        while (
+            seen["handled"] + worker.stats.dead_lettered < events + 1
+            and time.monotonic() < deadline
+        ):
             await asyncio.sleep(0.05)
         worker.stop()
         await task_

@@ -10,7 +10,12 @@ import structlog
 
 __all__ = ["configure_logging", "get_logger"]
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
@@ -28,14 +33,20 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
         renderer = structlog.processors.JSONRenderer()
         shared.append(structlog.processors.format_exc_info)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty() if hasattr(out, "isatty") else False)
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=out.isatty() if hasattr(out, "isatty") else False
+        )
     structlog.configure(
         processors=[*shared, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level.lower(), logging.INFO)),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            _LEVELS.get(level.lower(), logging.INFO)
+        ),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(_LEVELS.get(level.lower(), logging.INFO), logging.WARNING), stream=out)
+    logging.basicConfig(
+        level=max(_LEVELS.get(level.lower(), logging.INFO), logging.WARNING), stream=out
+    )
 
 
 def get_logger(name: str | None = None, **bound: Any) -> Any:

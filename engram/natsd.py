@@ -142,7 +142,11 @@ class EmbeddedNats:
             state = json.loads(self.state_file.read_text())
         except (OSError, ValueError):
             return None
-        pid, port, mon = int(state.get("pid", 0)), int(state.get("port", 0)), int(state.get("monitor_port", 0))
+        pid, port, mon = (
+            int(state.get("pid", 0)),
+            int(state.get("port", 0)),
+            int(state.get("monitor_port", 0)),
+        )
         if pid and _pid_alive(pid) and _port_open(self.host, port) and _healthz(mon):
             return {"pid": pid, "port": port, "monitor_port": mon, "url": str(state.get("url", ""))}
         return None
@@ -162,14 +166,16 @@ class EmbeddedNats:
         self.monitor_port = self.monitor_port or free_port(self.host)
         conf = self.data_dir / "nats-server.conf"
         conf.write_text(self.config_text())
-        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
+        log = open(self.log_file, "ab")
         try:
             self.process = subprocess.Popen(
                 [binary, "-c", str(conf)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_set_pdeathsig if self.tie_to_parent and sys.platform == "linux" else None,
+                preexec_fn=_set_pdeathsig
+                if self.tie_to_parent and sys.platform == "linux"
+                else None,
             )
         finally:
             log.close()
@@ -178,19 +184,26 @@ class EmbeddedNats:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise NatsServerError(
-                    f"nats-server exited with code {self.process.returncode}; see {self.log_file}:\n"
-                    + self._log_tail()
+                    f"nats-server exited with code {self.process.returncode}; "
+                    f"see {self.log_file}:\n" + self._log_tail()
                 )
             if _healthz(self.monitor_port):
                 self._write_state()
                 return self
             time.sleep(0.05)
         self.stop()
-        raise NatsServerError(f"nats-server did not become ready in {timeout:.0f}s; see {self.log_file}")
+        raise NatsServerError(
+            f"nats-server did not become ready in {timeout:.0f}s; see {self.log_file}"
+        )
 
     def _write_state(self) -> None:
         assert self.process is not None
-        state = {"pid": self.process.pid, "port": self.port, "monitor_port": self.monitor_port, "url": self.url}
+        state = {
+            "pid": self.process.pid,
+            "port": self.port,
+            "monitor_port": self.monitor_port,
+            "url": self.url,
+        }
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.state_file)

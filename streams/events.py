@@ -51,7 +51,9 @@ def new_event_id() -> str:
     """A time-ordered unique id (UUIDv7 layout: 48-bit ms timestamp + randomness)."""
     ms = int(_time.time() * 1000)
     rand = uuid.uuid4().int & ((1 << 74) - 1)
-    value = (ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    value = (
+        (ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    )
     return str(uuid.UUID(int=value))
 
 
@@ -326,7 +328,7 @@ AnyEvent: TypeAlias = (
 UPCASTERS: dict[str, dict[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
 
 _ENCODER = msgspec.msgpack.Encoder()
-_DECODER: msgspec.msgpack.Decoder[AnyEvent] = msgspec.msgpack.Decoder(AnyEvent)  # type: ignore[arg-type]
+_DECODER: msgspec.msgpack.Decoder[AnyEvent] = msgspec.msgpack.Decoder(AnyEvent)
 _RAW_DECODER = msgspec.msgpack.Decoder(dict[str, Any])
 
 
@@ -341,7 +343,7 @@ def encode(event: Event) -> bytes:
 def decode(data: bytes) -> Event:
     """Decode any Engram event; raises :class:`EventDecodeError` with the reason."""
     try:
-        return _DECODER.decode(data)  # type: ignore[no-any-return]
+        return _DECODER.decode(data)
     except msgspec.DecodeError as exc:
         if UPCASTERS:
             try:
@@ -352,7 +354,7 @@ def decode(data: bytes) -> Event:
             version = int(raw.get("schema_version", 1))
             if version in ups:
                 try:
-                    return _DECODER.decode(_ENCODER.encode(ups[version](raw)))  # type: ignore[no-any-return]
+                    return _DECODER.decode(_ENCODER.encode(ups[version](raw)))
                 except msgspec.DecodeError as exc2:
                     raise EventDecodeError(str(exc2)) from None
         raise EventDecodeError(str(exc)) from None

@@ -93,7 +93,12 @@ class ProjectionRunner:
             if item.seq <= p.last_seq:
                 continue  # already applied (idempotent by sequence)
             if item.event is None:
-                log.warning("projection skipped malformed message", projection=self.name, seq=item.seq, error=item.error)
+                log.warning(
+                    "projection skipped malformed message",
+                    projection=self.name,
+                    seq=item.seq,
+                    error=item.error,
+                )
                 p.skip(item.seq, item.error or "")
             else:
                 p.apply(item.seq, item.event)
@@ -142,7 +147,11 @@ class ProjectionRunner:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    log.warning("projection follow interrupted; resuming", projection=self.name, error=repr(exc))
+                    log.warning(
+                        "projection follow interrupted; resuming",
+                        projection=self.name,
+                        error=repr(exc),
+                    )
                     await asyncio.sleep(0.5)
         finally:
             self._maybe_snapshot(force=True)

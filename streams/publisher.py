@@ -62,7 +62,9 @@ class Publisher:
         payloads = [(e.subject(), encode(e), self.headers(e)) for e in stamped]
         return await self.publish_raw(payloads)
 
-    async def publish_raw(self, messages: Sequence[tuple[str, bytes, dict[str, str]]]) -> list[api.PubAck]:
+    async def publish_raw(
+        self, messages: Sequence[tuple[str, bytes, dict[str, str]]]
+    ) -> list[api.PubAck]:
         """Publish pre-encoded ``(subject, payload, headers)``; headers must hold a msg id."""
         acks: list[api.PubAck | None] = [None] * len(messages)
         pending = list(range(len(messages)))
@@ -80,11 +82,15 @@ class Publisher:
                 if exc is None:
                     acks[i] = fut.result()
                 elif isinstance(exc, NoStreamResponseError):
-                    raise PublishError(f"no JetStream stream captures subject {messages[i][0]!r}") from exc
+                    raise PublishError(
+                        f"no JetStream stream captures subject {messages[i][0]!r}"
+                    ) from exc
                 else:
                     raise PublishError(f"publish to {messages[i][0]!r} failed: {exc}") from exc
             if not not_done:
                 return [a for a in acks if a is not None]
             # not acked in time: send again with the same Nats-Msg-Id (de-duplicated)
             pending = sorted(futures[f] for f in not_done)
-        raise PublishError(f"{len(pending)} publishes not acknowledged after {self.retries + 1} tries")
+        raise PublishError(
+            f"{len(pending)} publishes not acknowledged after {self.retries + 1} tries"
+        )

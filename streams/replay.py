@@ -72,7 +72,7 @@ async def replay_raw(
                 return
             try:
                 msgs = await sub.fetch(batch, timeout=idle_s)
-            except (FetchTimeoutError, NatsTimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, FetchTimeoutError, NatsTimeoutError):
                 if follow:
                     continue
                 # nothing more: the remaining sequences (if any) were filtered out or deleted
@@ -80,9 +80,13 @@ async def replay_raw(
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
                 try:
-                    yield Replayed(seq=seq, subject=msg.subject, event=decode(msg.data), data=msg.data)
+                    yield Replayed(
+                        seq=seq, subject=msg.subject, event=decode(msg.data), data=msg.data
+                    )
                 except EventDecodeError as exc:
-                    yield Replayed(seq=seq, subject=msg.subject, event=None, error=str(exc), data=msg.data)
+                    yield Replayed(
+                        seq=seq, subject=msg.subject, event=None, error=str(exc), data=msg.data
+                    )
                 if not follow and seq >= end_seq:
                     return
     finally:
@@ -90,7 +94,7 @@ async def replay_raw(
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
         with contextlib.suppress(Exception):
-            await js.delete_consumer(stream, config.name)
+            await js.delete_consumer(stream, str(config.name))
 
 
 async def replay(

@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
 
-__all__ = ["CONSUMERS", "STREAMS", "ConsumerSpec", "StreamSpec", "ensure", "ensure_consumer", "stream_for"]
+__all__ = [
+    "CONSUMERS",
+    "STREAMS",
+    "ConsumerSpec",
+    "StreamSpec",
+    "ensure",
+    "ensure_consumer",
+    "stream_for",
+]
 
 
 @dataclass(frozen=True)
@@ -69,10 +77,18 @@ class ConsumerSpec:
 STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("INGEST", ("engram.ingest.>",), "IngestRequested: texts clients asked to remember"),
     StreamSpec("BLOBS", ("engram.blob.>",), "BlobReceived, BlobArchived, BlobDescribed"),
-    StreamSpec("MEMORY", ("engram.memory.>",), "Embedded, Stored, Deleted: the source of truth for the index"),
-    StreamSpec("VALIDATION", ("engram.validation.>",), "challenges, verdicts, recall samples, scores"),
+    StreamSpec(
+        "MEMORY",
+        ("engram.memory.>",),
+        "Embedded, Stored, Deleted: the source of truth for the index",
+    ),
+    StreamSpec(
+        "VALIDATION", ("engram.validation.>",), "challenges, verdicts, recall samples, scores"
+    ),
     StreamSpec("WEIGHTS", ("engram.weights.>",), "WeightsProposed, WeightsSet"),
-    StreamSpec("DLQ", ("engram.dlq.>",), "DeadLettered: events a worker gave up on, with the cause"),
+    StreamSpec(
+        "DLQ", ("engram.dlq.>",), "DeadLettered: events a worker gave up on, with the cause"
+    ),
 )
 
 CONSUMERS: tuple[ConsumerSpec, ...] = (

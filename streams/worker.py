@@ -49,19 +49,23 @@ class Delivery:
     event: Event
     stream_seq: int
     num_delivered: int
-    outcome: tuple[str, Any] | None = None
+    outcome: str | None = None  # None (= ack), "ack", "poison" or "retry"
+    cause: str | BaseException | None = None
+    delay: float | None = None
 
     def poison(self, cause: str | BaseException) -> None:
         """Dead-letter this message with ``cause``; retrying will not help."""
-        self.outcome = ("poison", cause)
+        self.outcome, self.cause = "poison", cause
 
-    def retry(self, cause: str | BaseException = "retry requested", delay: float | None = None) -> None:
+    def retry(
+        self, cause: str | BaseException = "retry requested", delay: float | None = None
+    ) -> None:
         """Redeliver later (with backoff unless ``delay`` is given)."""
-        self.outcome = ("retry", (cause, delay))
+        self.outcome, self.cause, self.delay = "retry", cause, delay
 
     def ack(self) -> None:
         """Explicitly mark as done (the default for unmarked deliveries)."""
-        self.outcome = ("ack", None)
+        self.outcome = "ack"
 
 
 BatchHandler = Callable[[list[Delivery]], Awaitable[None]]
@@ -131,7 +135,7 @@ class Worker:
                     break
                 try:
                     msgs = await sub.fetch(self.batch, timeout=self.fetch_wait_s)
-                except (FetchTimeoutError, NatsTimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, FetchTimeoutError, NatsTimeoutError):
                     slots.release()
                     continue
                 except Exception as exc:  # connection trouble: log, back off, keep going
@@ -144,7 +148,8 @@ class Worker:
                 self.stats.fetched += len(msgs)
                 task = asyncio.create_task(self._handle_batch(msgs))
                 self._tasks.add(task)
-                task.add_done_callback(lambda t: (self._tasks.discard(t), slots.release()))
+                task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(lambda _t: slots.release())
         finally:
             await self._drain()
             with contextlib.suppress(Exception):
@@ -170,7 +175,12 @@ class Worker:
             seq, n = meta.sequence.stream, meta.num_delivered
             if n > self.max_deliver:
                 # a worker died or timed out on it every time: give up loudly
-                await self._dead_letter(msg, None, f"exceeded {self.max_deliver} deliveries without an ack", "MaxDeliveries")
+                await self._dead_letter(
+                    msg,
+                    None,
+                    f"exceeded {self.max_deliver} deliveries without an ack",
+                    "MaxDeliveries",
+                )
                 continue
             try:
                 event = decode(msg.data)
@@ -184,7 +194,9 @@ class Worker:
         heartbeat = asyncio.create_task(self._keep_alive(deliveries))
         try:
             with structlog.contextvars.bound_contextvars(
-                worker=self.name, first_seq=deliveries[0].stream_seq, event_id=deliveries[0].event.event_id
+                worker=self.name,
+                first_seq=deliveries[0].stream_seq,
+                event_id=deliveries[0].event.event_id,
             ):
                 await self.handler(deliveries)
         except asyncio.CancelledError:
@@ -195,7 +207,7 @@ class Worker:
             raise
         except Poison as exc:
             for d in deliveries:
-                if d.outcome is None or d.outcome[0] != "ack":
+                if d.outcome != "ack":
                     d.poison(exc)
         except Exception as exc:
             self.stats.errors += 1
@@ -224,27 +236,31 @@ class Worker:
                         await d.msg.in_progress()
 
     async def _settle(self, d: Delivery) -> None:
-        kind, arg = d.outcome or ("ack", None)
-        if kind == "ack":
+        if d.outcome in (None, "ack"):
             await d.msg.ack()
             self.stats.acked += 1
-        elif kind == "poison":
-            text, etype = _describe(arg)
+        elif d.outcome == "poison":
+            text, etype = _describe(d.cause)
             await self._dead_letter(d.msg, d.event, text, etype)
+        elif d.num_delivered >= self.max_deliver:
+            text, etype = _describe(d.cause)
+            await self._dead_letter(
+                d.msg, d.event, f"failed {d.num_delivered} times; last error: {text}", etype
+            )
         else:
-            cause, delay = arg
-            if d.num_delivered >= self.max_deliver:
-                text, etype = _describe(cause)
-                await self._dead_letter(
-                    d.msg, d.event, f"failed {d.num_delivered} times; last error: {text}", etype
-                )
-                return
+            delay = d.delay
             if delay is None:
-                delay = self.backoff_s[min(d.num_delivered - 1, len(self.backoff_s) - 1)] if self.backoff_s else 0
+                delay = (
+                    self.backoff_s[min(d.num_delivered, len(self.backoff_s)) - 1]
+                    if self.backoff_s
+                    else 0.0
+                )
             await d.msg.nak(delay=delay)
             self.stats.retried += 1
 
-    async def _dead_letter(self, msg: Msg, event: Event | None, error: str, error_type: str) -> None:
+    async def _dead_letter(
+        self, msg: Msg, event: Event | None, error: str, error_type: str
+    ) -> None:
         meta = msg.metadata
         headers = {k: v for k, v in (msg.headers or {}).items() if isinstance(v, str)}
         dead = DeadLettered(

@@ -25,7 +25,9 @@ def test_file_then_env_precedence(tmp_path: Path) -> None:
 
 
 def test_env_values_are_converted() -> None:
-    s = load_settings(environ={"ENGRAM_WORKER_CONCURRENCY": "4", "ENGRAM_WORKER_BACKOFF_S": "1, 2.5"})
+    s = load_settings(
+        environ={"ENGRAM_WORKER_CONCURRENCY": "4", "ENGRAM_WORKER_BACKOFF_S": "1, 2.5"}
+    )
     assert s.worker_concurrency == 4 and s.worker_backoff_s == [1.0, 2.5]
 
 

@@ -71,13 +71,19 @@ async def test_external_url_is_used_when_given(nats_server: EmbeddedNats, tmp_pa
 
 
 async def test_token_auth_against_a_protected_server(tmp_path: Path) -> None:
-    server = EmbeddedNats(data_dir=tmp_path / "s", extra_config='authorization { token: "s3cret" }\n').start()
+    server = EmbeddedNats(
+        data_dir=tmp_path / "s", extra_config='authorization { token: "s3cret" }\n'
+    ).start()
     try:
         import pytest
 
         with pytest.raises(Exception):  # noqa: B017 - wrong token is refused by the server
-            await nats.connect(server.url, token="wrong", max_reconnect_attempts=0, allow_reconnect=False)
-        bus = await open_bus(Settings(data_dir=str(tmp_path), nats_url=server.url, nats_token="s3cret"))
+            await nats.connect(
+                server.url, token="wrong", max_reconnect_attempts=0, allow_reconnect=False
+            )
+        bus = await open_bus(
+            Settings(data_dir=str(tmp_path), nats_url=server.url, nats_token="s3cret")
+        )
         await bus.publisher.publish(DemoNoted(n=1))
         await bus.close()
     finally:

@@ -154,7 +154,15 @@ fn vector(obj: &Bound<'_, PyAny>) -> CoreResult<Vector> {
                     )
                 }
             })?;
-            out.extend_from_slice(&(v as f32).to_le_bytes());
+            let f = v as f32;
+            if f.is_infinite() && v.is_finite() {
+                // Too large for float32 (what `struct.pack("<f", v)` calls an overflow).
+                return Err(CoreError::new(
+                    ErrorKind::InvalidEmbedding,
+                    format!("embedding value at index {i} is out of float32 range"),
+                ));
+            }
+            out.extend_from_slice(&f.to_le_bytes());
         }
         return Ok(Vector::Owned(out));
     }

@@ -85,7 +85,9 @@ async def _consume(bus: Any, expected: int, batch: int) -> float:
     return worker.stats.acked / elapsed
 
 
-async def _measure(sync: str, events: int, size: int, chunk: int, consume: bool) -> dict[str, float]:
+async def _measure(
+    sync: str, events: int, size: int, chunk: int, consume: bool
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="engram-bench-") as tmp:
         settings = Settings(data_dir=str(Path(tmp)), nats_sync=sync, node_id="bench")
         bus = await open_bus(settings)
@@ -101,13 +103,17 @@ async def _measure(sync: str, events: int, size: int, chunk: int, consume: bool)
             out = {"publish_per_s": (ours1 + ours2) / 2, "raw_publish_per_s": (raw1 + raw2) / 2}
             if consume:
                 out["consume_per_s"] = await _consume(bus, events + 200 + len(raw_events), 256)
-                out["one_at_a_time_per_s"] = await _one_at_a_time(bus.js, _payloads(min(events, 1000), size))
+                out["one_at_a_time_per_s"] = await _one_at_a_time(
+                    bus.js, _payloads(min(events, 1000), size)
+                )
             return out
         finally:
             await bus.close()
 
 
-async def run(events: int = 20000, size: int = 1024, chunk: int = 5000, sync: str = "always") -> dict[str, Any]:
+async def run(
+    events: int = 20000, size: int = 1024, chunk: int = 5000, sync: str = "always"
+) -> dict[str, Any]:
     console.print(f"bench bus: {events} events of ~{size} B, sync_interval={sync}")
     main = await _measure(sync, events, size, chunk, consume=True)
     console.print("bench bus: same again with the server's default sync (2m)")

@@ -31,7 +31,9 @@ def get_settings(ctx: click.Context) -> Settings:
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
         s: Settings = obj["settings"]
-        configure_logging(obj.get("log_level") or s.log_level, obj.get("log_format") or s.log_format)
+        configure_logging(
+            obj.get("log_level") or s.log_level, obj.get("log_format") or s.log_format
+        )
     return obj["settings"]  # type: ignore[no-any-return]
 
 
@@ -46,19 +48,27 @@ def print_json(data: Any) -> None:
 @click.option("--log-format", type=click.Choice(["auto", "console", "json"]), default=None)
 @click.version_option(package_name="engram")
 @click.pass_context
-def main(ctx: click.Context, config: str | None, data_dir: str | None, log_level: str | None, log_format: str | None) -> None:
+def main(
+    ctx: click.Context,
+    config: str | None,
+    data_dir: str | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
     """Engram: content-addressed semantic memory on NATS JetStream."""
-    ctx.ensure_object(dict).update(config=config, data_dir=data_dir, log_level=log_level, log_format=log_format)
+    ctx.ensure_object(dict).update(
+        config=config, data_dir=data_dir, log_level=log_level, log_format=log_format
+    )
 
 
-from . import bench as _bench  # noqa: E402
 from . import base as _base  # noqa: E402
+from . import bench as _bench  # noqa: E402
 
 _base.register(main)
 _bench.register(main)
 
 if importlib.util.find_spec("engram.cli.miner") is not None:  # the miner's commands
-    from . import miner as _miner  # noqa: E402
+    from . import miner as _miner
 
     _miner.register(main)
 

@@ -43,7 +43,9 @@ def nats_group() -> None:
 
 
 @nats_group.command("up")
-@click.option("--port", type=int, default=None, help="Client port (default: settings, else a free one).")
+@click.option(
+    "--port", type=int, default=None, help="Client port (default: settings, else a free one)."
+)
 @click.pass_context
 def nats_up(ctx: click.Context, port: int | None) -> None:
     """Run the embedded nats-server with JetStream in the foreground until Ctrl-C."""
@@ -51,13 +53,19 @@ def nats_up(ctx: click.Context, port: int | None) -> None:
 
     s = get_settings(ctx)
     server = EmbeddedNats(
-        data_dir=s.data_path / "nats", port=port or s.nats_port, monitor_port=s.nats_monitor_port, sync=s.nats_sync
+        data_dir=s.data_path / "nats",
+        port=port or s.nats_port,
+        monitor_port=s.nats_monitor_port,
+        sync=s.nats_sync,
     )
     server.start()
     if not server.owned:
         console.print(f"[yellow]already running[/] at {server.url} (data dir {server.data_dir})")
         return
-    console.print(f"[green]nats-server up[/] at [bold]{server.url}[/]  store {server.store_dir}  sync_interval={s.nats_sync}")
+    console.print(
+        f"[green]nats-server up[/] at [bold]{server.url}[/]  "
+        f"store {server.store_dir}  sync_interval={s.nats_sync}"
+    )
     console.print("Ctrl-C to stop.")
     stopped = False
 
@@ -128,10 +136,14 @@ def demo(ctx: click.Context, events: int) -> None:
 @click.command("replay")
 @click.argument("stream")
 @click.option("--from-seq", type=int, default=1, show_default=True)
-@click.option("--since", type=click.DateTime(), default=None, help="Start at this UTC time instead.")
+@click.option(
+    "--since", type=click.DateTime(), default=None, help="Start at this UTC time instead."
+)
 @click.option("--limit", type=int, default=0, help="Stop after N events (0 = all).")
 @click.pass_context
-def replay_cmd(ctx: click.Context, stream: str, from_seq: int, since: dt.datetime | None, limit: int) -> None:
+def replay_cmd(
+    ctx: click.Context, stream: str, from_seq: int, since: dt.datetime | None, limit: int
+) -> None:
     """Print a stream's events as JSON lines, in order (vectors and bytes as lengths)."""
     import msgspec
 
@@ -145,7 +157,9 @@ def replay_cmd(ctx: click.Context, stream: str, from_seq: int, since: dt.datetim
         try:
             n = 0
             start = since.replace(tzinfo=dt.UTC) if since else None
-            async for item in replay_raw(bus.js, stream.upper(), start_seq=from_seq, start_time=start):
+            async for item in replay_raw(
+                bus.js, stream.upper(), start_seq=from_seq, start_time=start
+            ):
                 if item.event is None:
                     print_json({"seq": item.seq, "subject": item.subject, "malformed": item.error})
                 else:
@@ -167,4 +181,3 @@ def replay_cmd(ctx: click.Context, stream: str, from_seq: int, since: dt.datetim
 def register(main: click.Group) -> None:
     for cmd in (config_group, nats_group, doctor, demo, replay_cmd):
         main.add_command(cmd)
-

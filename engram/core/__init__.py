@@ -7,9 +7,7 @@ fallback (``engram.core._fallback``) gives identical bytes otherwise.
 Byte layouts: docs/protocol.md.
 """
 
-from __future__ import annotations
-
-from typing import Any
+from typing import Any as _Any
 
 from engram.core import _backend
 from engram.core._backend import Backend, backends
@@ -93,9 +91,9 @@ merkle_proof = _impl.merkle_proof
 verify_merkle_proof = _impl.verify_merkle_proof
 
 
-def backend_info() -> dict[str, Any]:
+def backend_info() -> dict[str, _Any]:
     """Which backend is in use and why (for ``engram doctor``)."""
-    info: dict[str, Any] = {
+    info: dict[str, _Any] = {
         "backend": BACKEND,
         "requested": _backend.requested(),
         "env_var": _backend.ENV_VAR,

@@ -52,3 +52,7 @@ async def node(miner_settings: Settings, model_cache: Path) -> AsyncIterator[Min
 async def http(node: MinerNode) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(base_url=node.url) as session:
         yield session
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: slow but part of the default run (kill/restart)")

@@ -134,8 +134,12 @@ async def test_failing_handler_is_retried_with_backoff_then_dead_lettered(bus: B
         raise RuntimeError("downstream is down")
 
     w = Worker(
-        bus.js, ConsumerSpec("flaky", "INGEST", DEMO), handler, bus.publisher,
-        max_deliver=3, backoff_s=(0.05, 0.1),
+        bus.js,
+        ConsumerSpec("flaky", "INGEST", DEMO),
+        handler,
+        bus.publisher,
+        max_deliver=3,
+        backoff_s=(0.05, 0.1),
     )
     await run_worker_until(w, lambda: w.stats.dead_lettered == 1)
     assert attempts == [1, 2, 3]
@@ -155,7 +159,9 @@ async def test_handler_error_then_success_loses_nothing(bus: Bus) -> None:
             raise ConnectionError("transient")
         seen.update(d.event.n for d in batch)  # type: ignore[attr-defined]
 
-    w = Worker(bus.js, ConsumerSpec("transient", "INGEST", DEMO), handler, bus.publisher, backoff_s=(0.05,))
+    w = Worker(
+        bus.js, ConsumerSpec("transient", "INGEST", DEMO), handler, bus.publisher, backoff_s=(0.05,)
+    )
     await run_worker_until(w, lambda: len(seen) == 10)
     assert w.stats.dead_lettered == 0 and w.stats.retried >= 1
 

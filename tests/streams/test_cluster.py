@@ -33,7 +33,7 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, tuple[subprocess.Popen[bytes],
         text = text.replace("./.engram/", f"{tmp_path}/")
         conf = tmp_path / f"node{i}.conf"
         conf.write_text(text)
-        log = open(tmp_path / f"node{i}.log", "wb")  # noqa: SIM115
+        log = open(tmp_path / f"node{i}.log", "wb")
         proc = subprocess.Popen([find_nats_server(), "-c", str(conf)], stdout=log, stderr=log)
         nodes[f"engram-n{i}"] = (proc, ports[f"423{i}"], ports[f"823{i}"])
     deadline = time.monotonic() + 30
@@ -82,8 +82,13 @@ async def test_r3_stream_survives_its_leader_being_killed(cluster, tmp_path: Pat
         async def handler(batch: list[Delivery]) -> None:
             got.update(d.event.n for d in batch)  # type: ignore[attr-defined]
 
-        worker = Worker(bus.js, ConsumerSpec("r3", "INGEST", ("engram.ingest.demo",)), handler,
-                        bus.publisher, replicas=3)
+        worker = Worker(
+            bus.js,
+            ConsumerSpec("r3", "INGEST", ("engram.ingest.demo",)),
+            handler,
+            bus.publisher,
+            replicas=3,
+        )
         task = asyncio.create_task(worker.run())
         deadline = time.monotonic() + 60
         while got != set(range(200)):

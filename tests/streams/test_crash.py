@@ -20,7 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def start_worker(url: str, out: Path, ack_wait: float, hang_on: int = -1) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.streams.worker_proc", url, str(out), str(ack_wait)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT), "HANG_ON": str(hang_on)},
     )
     assert proc.stdout is not None

@@ -6,7 +6,15 @@ import msgspec
 import pytest
 
 from streams import events as ev
-from streams.events import ALL_EVENTS, DemoNoted, Embedded, EventDecodeError, IngestRequested, decode, encode
+from streams.events import (
+    ALL_EVENTS,
+    DemoNoted,
+    Embedded,
+    EventDecodeError,
+    IngestRequested,
+    decode,
+    encode,
+)
 from streams.topology import STREAMS, stream_for
 
 
@@ -18,8 +26,12 @@ def test_every_event_kind_has_a_subject_captured_by_a_stream() -> None:
 
 def test_round_trip_keeps_every_field_and_the_envelope() -> None:
     e = Embedded(
-        cid="v1::ab", vector=b"\x00\x00\x80?", dim=1, metadata={"k": [1, 2.5, None, "é"]},
-        causation_id="cause-1", producer="node-a",
+        cid="v1::ab",
+        vector=b"\x00\x00\x80?",
+        dim=1,
+        metadata={"k": [1, 2.5, None, "é"]},
+        causation_id="cause-1",
+        producer="node-a",
     )
     back = decode(encode(e))
     assert back == e
@@ -42,9 +54,14 @@ def test_idempotency_key_is_the_request_id() -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    [b"", b"\xc1", b"not msgpack at all", msgspec.msgpack.encode({"kind": "Nope"}),
-     msgspec.msgpack.encode({"kind": "IngestRequested", "text": "missing request id"}),
-     msgspec.msgpack.encode({"kind": "DemoNoted", "n": "not an int"})],
+    [
+        b"",
+        b"\xc1",
+        b"not msgpack at all",
+        msgspec.msgpack.encode({"kind": "Nope"}),
+        msgspec.msgpack.encode({"kind": "IngestRequested", "text": "missing request id"}),
+        msgspec.msgpack.encode({"kind": "DemoNoted", "n": "not an int"}),
+    ],
 )
 def test_malformed_bytes_raise_a_clear_decode_error(payload: bytes) -> None:
     with pytest.raises(EventDecodeError):
@@ -64,8 +81,15 @@ def test_upcaster_turns_an_old_schema_into_the_current_one(monkeypatch: pytest.M
     with pytest.raises(EventDecodeError):
         decode(old)
     monkeypatch.setitem(
-        ev.UPCASTERS, "DemoNoted",
-        {0: lambda d: {**{k: v for k, v in d.items() if k != "number"}, "n": d["number"], "schema_version": 1}},
+        ev.UPCASTERS,
+        "DemoNoted",
+        {
+            0: lambda d: {
+                **{k: v for k, v in d.items() if k != "number"},
+                "n": d["number"],
+                "schema_version": 1,
+            }
+        },
     )
     got = decode(old)
     assert isinstance(got, DemoNoted) and got.n == 7 and got.schema_version == 1

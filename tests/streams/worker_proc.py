@@ -1,7 +1,8 @@
 """A worker process for the crash tests: handles DemoNoted slowly and records what it did.
 
 Usage: python -m tests.streams.worker_proc NATS_URL OUT_FILE ACK_WAIT_S
-With HANG_ON=N it stalls mid-batch on event N. Each handled event's ``n`` is appended (and fsynced) to OUT_FILE before the batch is acked.
+With HANG_ON=N it stalls mid-batch on event N. Each handled event's ``n`` is
+appended (and fsynced) to OUT_FILE before the batch is acked.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ async def main(url: str, out: str, ack_wait: float) -> None:
         os.fsync(fd)
 
     spec = ConsumerSpec("crashy", "INGEST", ("engram.ingest.demo",), ack_wait_s=ack_wait)
-    worker = Worker(js, spec, handler, Publisher(js, "crash-test"), batch=10, concurrency=1, stop_grace_s=0.1)
+    worker = Worker(
+        js, spec, handler, Publisher(js, "crash-test"), batch=10, concurrency=1, stop_grace_s=0.1
+    )
     print("ready", flush=True)
     await run_until_signal([worker])
     await nc.drain()
