@@ -66,6 +66,7 @@ async def replay_raw(
     )
     await js.add_consumer(stream, config=config)
     sub = await js.pull_subscribe_bind(consumer=config.name, stream=stream)
+    idle = 0
     try:
         while True:
             if stop_event is not None and stop_event.is_set():
@@ -73,10 +74,17 @@ async def replay_raw(
             try:
                 msgs = await sub.fetch(batch, timeout=idle_s)
             except (TimeoutError, FetchTimeoutError, NatsTimeoutError):
-                if follow:
+                idle += 1
+                if follow and idle % 5:
                     continue
-                # nothing more: the remaining sequences (if any) were filtered out or deleted
-                return
+                # Ask the server: after a restart an ephemeral consumer is gone (this raises,
+                # and the caller resumes from its last sequence with a new one); without
+                # follow, stop only when nothing is pending (a slow server is not the end).
+                info = await js.consumer_info(stream, str(config.name))
+                if not follow and info.num_pending == 0:
+                    return
+                continue
+            idle = 0
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
                 try:
