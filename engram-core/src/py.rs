@@ -11,6 +11,8 @@ use crate::proof;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
+use std::sync::{mpsc, Mutex};
+
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 
 type CoreResult<T> = std::result::Result<T, CoreError>;
@@ -393,30 +395,131 @@ fn compute_cids(
             )),
         ));
     }
-    // Canonical JSON needs the GIL; write all of it into one buffer, then hash without it.
-    let mut canon = Vec::with_capacity(rows * 96);
-    let mut ends = Vec::with_capacity(rows);
-    for (i, m) in metas.iter().enumerate() {
-        canonical_into(&mut canon, &m, Some(version))
-            .map_err(|e| CoreError::new(e.kind, format!("row {i}: {}", e.message)))
-            .py_err(py)?;
-        ends.push(canon.len());
-    }
     let bytes = buf.bytes();
-    py.allow_threads(|| {
-        let rows = cid::rows_of(bytes, rows)?;
-        let mut start = 0;
-        let parts: Vec<&[u8]> = ends
-            .iter()
-            .map(|&end| {
-                let s = &canon[start..end];
-                start = end;
-                s
+    let rows_v = cid::rows_of(bytes, rows).py_err(py)?;
+    let canon_row = |i: usize, m: &Bound<'_, PyAny>, out: &mut Vec<u8>| {
+        canonical_into(out, m, Some(version))
+            .map_err(|e| CoreError::new(e.kind, format!("row {i}: {}", e.message)))
+    };
+    if rows < 2 * CHUNK_ROWS || crate::par::threads() < 2 {
+        // Small batch: canonical JSON (needs the GIL), then hash without the GIL.
+        let mut canon = Vec::with_capacity(rows * 96);
+        let mut ends = Vec::with_capacity(rows);
+        for (i, m) in metas.iter().enumerate() {
+            canon_row(i, &m, &mut canon).py_err(py)?;
+            ends.push(canon.len());
+        }
+        let parts = split_ends(&canon, &ends, 0);
+        return py.allow_threads(|| cid::cids(&rows_v, &parts)).py_err(py);
+    }
+    // Big batch: a pipeline. This thread (holding the GIL) writes the canonical JSON of one
+    // chunk of rows after another; worker threads (no GIL needed) hash the chunks as they
+    // arrive, so JSON writing and hashing overlap.
+    let workers = crate::par::threads();
+    let (tx, rx) = mpsc::channel::<Job>();
+    let rx = Mutex::new(rx);
+    let rows_ref = &rows_v;
+    let outcome = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let rx = &rx;
+                scope.spawn(move || {
+                    let mut done: Vec<(usize, CoreResult<Vec<String>>)> = Vec::new();
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(guard) => guard.recv(),
+                            Err(_) => break,
+                        };
+                        let Ok(job) = job else { break };
+                        let parts = split_ends(&job.canon, &job.ends, 0);
+                        let end = job.start + parts.len();
+                        let res = cid::cids(&rows_ref[job.start..end], &parts).map_err(|e| {
+                            // Row numbers in messages are relative to the chunk; fix them.
+                            reindex(e, job.start)
+                        });
+                        done.push((job.start, res));
+                    }
+                    done
+                })
             })
             .collect();
-        cid::cids(&rows, &parts)
-    })
-    .py_err(py)
+        let mut meta_error = None;
+        let mut iter = metas.iter().enumerate();
+        'chunks: for start in (0..rows).step_by(CHUNK_ROWS) {
+            let end = (start + CHUNK_ROWS).min(rows);
+            let mut canon = Vec::with_capacity((end - start) * 96);
+            let mut ends = Vec::with_capacity(end - start);
+            for _ in start..end {
+                let Some((i, m)) = iter.next() else { break };
+                if let Err(e) = canon_row(i, &m, &mut canon) {
+                    meta_error = Some(e);
+                    break 'chunks;
+                }
+                ends.push(canon.len());
+            }
+            if tx.send(Job { start, canon, ends }).is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        let mut done: Vec<(usize, CoreResult<Vec<String>>)> = py.allow_threads(|| {
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        if let Some(e) = meta_error {
+            return Err(e);
+        }
+        done.sort_by_key(|(start, _)| *start);
+        let mut out = Vec::with_capacity(rows);
+        for (_, res) in done {
+            out.extend(res?);
+        }
+        if out.len() != rows {
+            return Err(CoreError::new(
+                ErrorKind::InvalidEmbedding,
+                "internal error: a hashing worker stopped early",
+            ));
+        }
+        Ok(out)
+    });
+    outcome.py_err(py)
+}
+
+/// Rows per pipeline chunk in `compute_cids`.
+const CHUNK_ROWS: usize = 2048;
+
+struct Job {
+    start: usize,
+    canon: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+fn split_ends<'a>(canon: &'a [u8], ends: &[usize], mut start: usize) -> Vec<&'a [u8]> {
+    ends.iter()
+        .map(|&end| {
+            let s = &canon[start..end];
+            start = end;
+            s
+        })
+        .collect()
+}
+
+/// `cid::cids` numbers rows from 0 within a chunk; make the message use absolute rows.
+fn reindex(e: CoreError, offset: usize) -> CoreError {
+    let msg = match e
+        .message
+        .strip_prefix("row ")
+        .and_then(|r| r.split_once(':'))
+    {
+        Some((n, rest)) => match n.parse::<usize>() {
+            Ok(n) => format!("row {}:{rest}", n + offset),
+            Err(_) => e.message.clone(),
+        },
+        None => e.message.clone(),
+    };
+    CoreError::new(e.kind, msg)
 }
 
 #[pyfunction]

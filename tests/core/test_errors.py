@@ -191,3 +191,20 @@ def test_malformed_proof_is_false_not_error(core: Backend) -> None:
     for bad in ["", "zz" * 32, "00", None, 5, "0" * 65]:
         assert core.verify_proof_v1(N, EH, bad, 10, 0) is False  # type: ignore[arg-type]
         assert core.verify_proof_v2(HK, N, V, bad, 10, 0) is False  # type: ignore[arg-type]
+
+
+def test_big_batch_errors_name_the_row(core: Backend) -> None:
+    """Batches large enough for the Rust pipeline report the same error class and row."""
+    m = np.ones((9000, 8), dtype=np.float32)
+    metas: list[dict[str, Any]] = [{"i": i} for i in range(9000)]
+    m[7001, 3] = np.inf
+    with pytest.raises(InvalidEmbedding, match="row 7001"):
+        core.compute_cids(m, metas, "v")
+    metas[8500] = {"bad": {1, 2}}
+    with pytest.raises(InvalidMetadata, match="row 8500"):  # metadata is checked first
+        core.compute_cids(m, metas, "v")
+    m[7001, 3] = 0
+    with pytest.raises(InvalidEmbeddingDtype):
+        core.compute_cids(m.astype(np.float64), metas, "v")
+    metas[8500] = {"ok": 1}
+    assert len(set(core.compute_cids(m, metas, "v"))) == 9000
