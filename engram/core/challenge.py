@@ -19,6 +19,7 @@ from engram.core.errors import ChallengeReplayed, InvalidArgument, InvalidEmbedd
 DEFAULT_TTL_S = 60
 PROOF_VERSIONS = (1, 2)
 
+
 def _default_backend() -> Backend:
     return selected()[1]
 

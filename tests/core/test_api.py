@@ -58,7 +58,8 @@ def test_env_switch(choice: str) -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     ).stdout.split()
-    want = {"python": "python", "rust": "rust"}.get(choice, core.BACKEND)
+    auto = "rust" if "rust" in backends() else "python"
+    want = {"python": "python", "rust": "rust"}.get(choice, auto)
     assert out[0] == want
     assert out[1] == backends()["python"].compute_cid([1.0], {}, "m")
 
@@ -134,3 +135,21 @@ def test_batch_releases_gil_and_is_thread_safe(core: Backend) -> None:
     with ThreadPoolExecutor(4) as ex:
         results = list(ex.map(lambda _: core.compute_cids(m, metas, "v"), range(8)))
     assert all(r == want for r in results)
+
+
+def test_native_stub_matches_module() -> None:
+    """engram-core/engram_core.pyi lists exactly the native module's public names."""
+    import re
+    from pathlib import Path
+
+    rust = backends().get("rust")
+    if rust is None:
+        pytest.skip("engram_core not installed")
+    stub = (Path(__file__).resolve().parents[2] / "engram-core" / "engram_core.pyi").read_text()
+    declared = set(re.findall(r"^def (\w+)\(", stub, re.M))
+    declared |= set(re.findall(r"^(\w+): ", stub, re.M))
+    public = {n for n in dir(rust) if not n.startswith("_")} | {"__version__"}
+    public -= {"engram_core"}  # the package's inner extension module
+    assert declared == public
+    protocol = {n for n in Backend.__dict__ if not n.startswith("_")}
+    assert protocol <= declared

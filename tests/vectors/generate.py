@@ -62,6 +62,8 @@ CANONICAL_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("empty_with_version", {}, MODEL),
     ("strings", {"text": "hello world", "source": "wiki"}, MODEL),
     ("key_order", {"b": 1, "a": 2, "B": 3, "aa": 4, "_": 5, "A": 6}, None),
+    # Code-point order, not UTF-16 order: U+FF01 sorts before U+1F600 (a JS sort differs).
+    ("key_order_astral", {"\U0001f600": 1, "\uff01": 2, "z": 3, "\u00e9": 4}, None),
     ("version_overrides", {"model_version": "old", "x": "y"}, MODEL),
     ("version_absent_keeps_key", {"model_version": "mine"}, None),
     (
