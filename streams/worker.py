@@ -145,6 +145,9 @@ class Worker:
                     log.warning("fetch failed", worker=self.name, error=repr(exc))
                     await asyncio.sleep(0.5)
                     continue
+                if not msgs:
+                    slots.release()
+                    continue
                 self.stats.fetched += len(msgs)
                 task = asyncio.create_task(self._handle_batch(msgs))
                 self._tasks.add(task)

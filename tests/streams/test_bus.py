@@ -260,3 +260,18 @@ async def test_events_carry_the_producer(bus: Bus) -> None:
     assert e.producer == "test"
     raw = encode(DemoNoted(n=1, producer="explicit"))
     assert b"explicit" in raw
+
+
+async def test_long_work_is_kept_alive_with_in_progress(bus: Bus) -> None:
+    await bus.publisher.publish(DemoNoted(n=1))
+    calls: list[int] = []
+
+    async def slow(batch: list[Delivery]) -> None:
+        calls.append(batch[0].num_delivered)
+        await asyncio.sleep(3.5)  # far past the 1 s ack_wait
+
+    spec = ConsumerSpec("slow", "INGEST", DEMO, ack_wait_s=1.0)
+    w = Worker(bus.js, spec, slow, bus.publisher, concurrency=2)
+    await run_worker_until(w, lambda: w.stats.acked == 1)
+    assert calls == [1]  # never redelivered while it was being worked on
+    assert w.stats.dead_lettered == 0
