@@ -280,7 +280,9 @@ def register(main: click.Group) -> None:
 @click.option("--data-dir", "data_dir", type=click.Path(file_okay=False))
 @click.option("--log-level", default=None)
 @click.pass_context
-def standalone(ctx: click.Context, config: str | None, data_dir: str | None, log_level: str | None) -> None:
+def standalone(
+    ctx: click.Context, config: str | None, data_dir: str | None, log_level: str | None
+) -> None:
     """Miner commands without the rest of the engram CLI (``python -m engram.miner``)."""
     ctx.ensure_object(dict).update(config=config, data_dir=data_dir, log_level=log_level)
 

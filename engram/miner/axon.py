@@ -132,7 +132,9 @@ class Axon:
             arr = np.asarray(vec, dtype=np.float32)
             norm = float(np.linalg.norm(arr))
             if abs(norm - 1.0) > 1e-3:
-                raise Refused(400, f"raw_embedding must be unit-normalised (its norm is {norm:.4f})")
+                raise Refused(
+                    400, f"raw_embedding must be unit-normalised (its norm is {norm:.4f})"
+                )
             try:
                 cid = _core.compute_cids(arr[None, :], [metadata], mv)[0]
             except ValueError as exc:
@@ -382,7 +384,11 @@ def make_app(axon: Axon) -> web.Application:
     async def errors(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        endpoint = request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
+        endpoint = (
+            request.match_info.route.resource.canonical
+            if request.match_info.route.resource
+            else "?"
+        )
         t0 = time.perf_counter()
         try:
             resp = await handler(request)

@@ -34,6 +34,8 @@ __all__ = ["MinerNode", "open_store", "run_embed_worker"]
 
 log = structlog.get_logger("engram.miner")
 
+SORT_WINDOW_BATCHES = 4
+
 
 def cache_dir(settings: Settings) -> Path:
     return settings.data_path / "cache"
@@ -59,7 +61,9 @@ def _embed_worker(bus: Bus, settings: Settings, embedder: Embedder) -> tuple[Wor
         bus.publisher,
         embedder,
         producer=settings.producer,
-        batch=settings.embed_batch,
+        # fetch a window of 4 model batches: texts are sorted by length across the window,
+        # so each model batch pads to similar lengths (MEASURED.md: the biggest lever)
+        batch=settings.embed_batch * SORT_WINDOW_BATCHES,
         fetch_wait_s=settings.embed_batch_wait_s,
         max_deliver=settings.worker_max_deliver,
         backoff_s=tuple(settings.worker_backoff_s),

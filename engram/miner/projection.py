@@ -120,7 +120,7 @@ class StoreRunner:
             while not self._stop.is_set():
                 try:
                     msgs = await sub.fetch(self.batch, timeout=self.idle_s)
-                except (FetchTimeoutError, NatsTimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, FetchTimeoutError, NatsTimeoutError):
                     if not follow:
                         return applied  # the rest was filtered out
                     await self._maybe_snapshot()

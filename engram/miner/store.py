@@ -19,7 +19,7 @@ Design decisions (see docs/architecture.md, "miner store"):
 * One USearch index per namespace (partitioning): a namespace query searches only its own
   vectors, so a small private namespace is never drowned by the public one.
 * Vectors are unit-normalised, so the metric is inner product (``score = 1 - distance`` is
-  the cosine). The index stores bf16 (recall@10 measured ≥ 0.99, 2× faster adds); the exact
+  the cosine). The index stores bf16 (recall@10 measured ≥ 0.99, 2x faster adds); the exact
   float32 vector lives in sqlite, because CIDs and storage proofs are computed over it.
 * Metadata equality filters: over-fetch from HNSW in proportion to the filter's
   selectivity and filter; if that still yields fewer than ``k`` hits, the matching records
@@ -53,7 +53,7 @@ try:  # onnxruntime must be loaded before usearch: the other order segfaults whe
     import onnxruntime  # noqa: F401  # model is loaded later (native library clash,
 except ImportError:  # pragma: no cover  # usearch 2.26.6 + onnxruntime 1.31.1)
     pass
-from usearch.index import Index  # noqa: E402
+from usearch.index import Index
 
 __all__ = ["ApplyResult", "Hit", "MemoryStore", "Record", "StoreError", "matches_filter"]
 
@@ -202,7 +202,7 @@ class MemoryStore:
     def _open(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         if getattr(self, "_lockfile", None) is None:
-            lockfile = open(self.root / "LOCK", "a")  # noqa: SIM115 - held while open
+            lockfile = open(self.root / "LOCK", "a")
             try:
                 fcntl.flock(lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -415,8 +415,10 @@ class MemoryStore:
             seq = self.applied_seq
             name = f"{seq:020d}"
             final = self._snapdir / name
-            if final.is_dir() and (self.root / "CURRENT").exists() and (
-                (self.root / "CURRENT").read_text().strip() == name
+            if (
+                final.is_dir()
+                and (self.root / "CURRENT").exists()
+                and ((self.root / "CURRENT").read_text().strip() == name)
             ):
                 return final
             tmp = self._snapdir / f".tmp-{name}-{os.getpid()}"
@@ -556,7 +558,7 @@ class MemoryStore:
         k: int = 10,
         *,
         namespace: str = "public",
-        filter: Mapping[str, Any] | None = None,  # noqa: A002 - the protocol's word
+        filter: Mapping[str, Any] | None = None,
     ) -> list[Hit]:
         vec = self._vector(vector)
         with self._lock:

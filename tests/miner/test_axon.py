@@ -51,7 +51,9 @@ async def test_ingest_then_query_finds_it_at_rank_1(http: aiohttp.ClientSession,
     # query by vector, namespaces and filters
     vec = node.axon.embedder.embed_one(DOCS[3]).tolist()
     _, res = await query(http, query_vector=vec, top_k=1)
-    assert res["results"][0]["cid"] == cids[3] and res["results"][0]["score"] == pytest.approx(1, abs=0.01)
+    assert res["results"][0]["cid"] == cids[3] and res["results"][0]["score"] == pytest.approx(
+        1, abs=0.01
+    )
     _, res = await query(http, query_text="coffee", top_k=5, filter={"n": 2})
     assert [h["cid"] for h in res["results"]] == [cids[2]]
 
@@ -73,7 +75,9 @@ async def test_private_namespace_and_retrieve(http: aiohttp.ClientSession):
 
 async def test_raw_embedding_and_batch_ingest(http: aiohttp.ClientSession, node: MinerNode):
     vec = node.axon.embedder.embed_one("a raw vector about volcanoes")
-    async with http.post("/IngestSynapse", json={"raw_embedding": vec.tolist(), "metadata": {"k": "v"}}) as r:
+    async with http.post(
+        "/IngestSynapse", json={"raw_embedding": vec.tolist(), "metadata": {"k": "v"}}
+    ) as r:
         body = await r.json()
     assert r.status == 200
     assert body["cid"] == core.compute_cid(vec, {"k": "v"}, node.axon.embedder.model_version)
@@ -127,15 +131,23 @@ async def test_challenges_v1_and_v2_verify(http: aiohttp.ClientSession):
         ("/ChallengeSynapse", {"cid": "v1::00", "nonce_hex": "zz"}, 400, "nonce_hex"),
         (
             "/ChallengeSynapse",
-            {"cid": "v1::" + "0" * 64, "nonce_hex": "00" * 32, "expires_at": 2e9,
-             "validator_hotkey_hex": "11" * 32},
+            {
+                "cid": "v1::" + "0" * 64,
+                "nonce_hex": "00" * 32,
+                "expires_at": 2e9,
+                "validator_hotkey_hex": "11" * 32,
+            },
             404,
             "unknown CID",
         ),
         (
             "/ChallengeSynapse",
-            {"cid": "v1::" + "0" * 64, "nonce_hex": "00" * 32, "expires_at": 1,
-             "validator_hotkey_hex": "11" * 32},
+            {
+                "cid": "v1::" + "0" * 64,
+                "nonce_hex": "00" * 32,
+                "expires_at": 1,
+                "validator_hotkey_hex": "11" * 32,
+            },
             410,
             "expired",
         ),
@@ -162,11 +174,13 @@ async def test_other_refusals(http: aiohttp.ClientSession):
 async def test_health_stats_metrics(http: aiohttp.ClientSession):
     await ingest(http, DOCS[4])
     t0 = time.perf_counter()
-    status, res = await query(http, query_text="wall in china", top_k=1)
+    status, _res = await query(http, query_text="wall in china", top_k=1)
     assert status == 200 and time.perf_counter() - t0 < 2
     async with http.get("/health") as r:
         h = await r.json()
     assert r.status == 200 and h["status"] == "ok" and h["memories"] == 1
     async with http.get("/metrics") as r:
         text = await r.text()
-    assert r.status == 200 and "engram_axon_requests_total" in text and "engram_memories 1.0" in text
+    assert (
+        r.status == 200 and "engram_axon_requests_total" in text and "engram_memories 1.0" in text
+    )

@@ -91,14 +91,20 @@ def test_filters_keep_recall(tmp_path, rng):
     n = 3000
     vecs = clustered(rng, n)
     store.apply_batch(
-        [(i + 1, emb(i, vecs[i], color=("red" if i % 2 else "blue"), rare=(i % 500 == 0)))
-         for i in range(n)]
+        [
+            (i + 1, emb(i, vecs[i], color=("red" if i % 2 else "blue"), rare=(i % 500 == 0)))
+            for i in range(n)
+        ]
     )
     queries = vecs[rng.integers(0, n, 30)] + 0.02 * rng.standard_normal((30, DIM))
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     for flt in ({"color": "red"}, {"rare": True}, {"color": "blue", "rare": True}):
-        mask = np.array([matches_filter({"color": ("red" if i % 2 else "blue"),
-                                         "rare": (i % 500 == 0)}, flt) for i in range(n)])
+        mask = np.array(
+            [
+                matches_filter({"color": ("red" if i % 2 else "blue"), "rare": (i % 500 == 0)}, flt)
+                for i in range(n)
+            ]
+        )
         found = total = 0
         for q in queries:
             hits = store.search(q, 10, filter=flt)
