@@ -24,10 +24,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from engram import core as _core
 from streams.events import Embedded, IngestRequested
 from streams.publisher import Publisher
 
-from . import _core
 from .embedder import Embedder
 from .limits import (
     MAX_BATCH_ITEMS,
@@ -308,9 +308,9 @@ class Axon:
             raise Refused(404, f"unknown CID {cid}")
         ehash = _core.embedding_hash(rec.vector)
         if version == 1:
-            proof = _core.proof_v1(nonce, ehash)
+            proof = _core.proof_v1(str(nonce), ehash)
         else:
-            proof = _core.proof_v2(hotkey, nonce, rec.vector)
+            proof = _core.proof_v2(str(hotkey), str(nonce), rec.vector)
         return web.json_response(
             {"cid": cid, "embedding_hash": ehash, "proof": proof, "version": version, "error": None}
         )

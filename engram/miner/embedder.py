@@ -184,7 +184,8 @@ class Embedder:
         return out
 
     def embed_one(self, text: str) -> npt.NDArray[np.float32]:
-        return self.embed([text])[0]
+        row: npt.NDArray[np.float32] = self.embed([text])[0]
+        return row
 
 
 _instances: dict[tuple[str, str, int | None, int], Embedder] = {}

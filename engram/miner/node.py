@@ -131,7 +131,7 @@ class MinerNode:
         if self.port == 0:  # a free port was chosen
             server = site._server
             assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         log.info("axon listening", url=self.url, nats=bus.url)
 
     def _extra_stats(self) -> dict[str, Any]:

@@ -44,7 +44,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -182,6 +182,7 @@ class MemoryStore:
         self._lock = threading.RLock()
         self._indexes: dict[str, Index] = {}
         self._db: sqlite3.Connection | None = None
+        self._lockfile: TextIO | None = None
         self.applied_seq = 0
         self.stats = _Stats()
         self._open()
@@ -201,7 +202,7 @@ class MemoryStore:
 
     def _open(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        if getattr(self, "_lockfile", None) is None:
+        if self._lockfile is None:
             lockfile = open(self.root / "LOCK", "a")
             try:
                 fcntl.flock(lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -234,8 +235,9 @@ class MemoryStore:
                 idx = Index.restore(str(snap / _ns_file(ns)))
                 if idx is None:
                     raise StoreError(f"snapshot {snap} has an unreadable index for {ns!r}")
-                idx.expansion_search = self.expansion_search
-                idx.expansion_add = self.expansion_add
+                # usearch defines these setters apart from their getters; mypy misses them
+                idx.expansion_search = self.expansion_search  # type: ignore[misc]
+                idx.expansion_add = self.expansion_add  # type: ignore[misc]
                 self._indexes[ns] = idx
             self.stats.last_snapshot_seq = int(manifest["seq"])
 
@@ -244,7 +246,7 @@ class MemoryStore:
             if self._db is not None:
                 self._db.close()
                 self._db = None
-            lockfile, self._lockfile = getattr(self, "_lockfile", None), None
+            lockfile, self._lockfile = self._lockfile, None
             if lockfile is not None:
                 lockfile.close()
 

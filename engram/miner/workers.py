@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from engram import core as _core
 from streams.events import Embedded, IngestRequested
 from streams.publisher import Publisher
 from streams.topology import ConsumerSpec
 from streams.worker import Delivery, Worker
 
-from . import _core
 from .embedder import Embedder
 from .limits import check_ingest
 
