@@ -122,8 +122,9 @@ class Worker:
 
     async def run(self) -> None:
         """Fetch and handle until :meth:`stop`; returns after in-flight work is settled."""
-        await ensure_consumer(self.js, self.spec, self.replicas)
-        sub = await self.js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
+        sub = await self._bind()
+        if sub is None:  # stopped before the consumer could be bound
+            return
         slots = asyncio.Semaphore(self.concurrency)
         self._ready.set()
         log.info("worker started", worker=self.name, stream=self.spec.stream, batch=self.batch)
@@ -158,6 +159,32 @@ class Worker:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
             log.info("worker stopped", worker=self.name, **self.stats.as_dict())
+
+    async def _bind(self) -> Any:
+        """Create/update the durable consumer and bind to it, retrying with backoff while the
+        server is unreachable or still electing (a cluster starting, a restart)."""
+        delay = 0.25
+        while not self._stopping.is_set():
+            try:
+                await ensure_consumer(self.js, self.spec, self.replicas)
+                return await self.js.pull_subscribe_bind(
+                    durable=self.spec.durable, stream=self.spec.stream
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats.errors += 1
+                self.stats.last_error = repr(exc)
+                log.warning(
+                    "cannot bind consumer yet; retrying",
+                    worker=self.name,
+                    error=repr(exc),
+                    retry_in_s=delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                delay = min(delay * 2, 5.0)
+        return None
 
     async def _drain(self) -> None:
         if not self._tasks:

@@ -94,3 +94,31 @@ async def test_projection_follows_across_a_server_restart(tmp_path: Path) -> Non
         await task
         await bus.close()
         server.stop()
+
+
+async def test_worker_started_before_its_stream_exists_binds_once_it_does(tmp_path: Path) -> None:
+    from streams.topology import STREAMS, ensure
+
+    server = EmbeddedNats(data_dir=tmp_path / "nats").start(reuse=False)
+    settings = Settings(data_dir=str(tmp_path), nats_url=server.url, node_id="t")
+    bus = await open_bus(settings, ensure_streams=False)  # no streams yet
+    got: list[int] = []
+
+    async def handler(batch: list[Delivery]) -> None:
+        got.extend(d.event.n for d in batch)  # type: ignore[attr-defined]
+
+    worker = Worker(
+        bus.js, ConsumerSpec("early", "INGEST", ("engram.ingest.demo",)), handler, bus.publisher
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(1.0)
+        assert not task.done() and worker.stats.errors >= 1  # retrying, not crashed
+        await ensure(bus.js, STREAMS)
+        await bus.publisher.publish(DemoNoted(n=5))
+        await wait_until(lambda: got == [5], 20)
+    finally:
+        worker.stop()
+        await task
+        await bus.close()
+        server.stop()
