@@ -1,8 +1,12 @@
-"""``engram demo``: the event layer end to end on the embedded server.
+"""``engram demo``: Engram end to end on the embedded defaults.
 
-Publishes demo events (each twice, to show de-duplication by message id) and one malformed
-message, runs a worker that tallies them, builds a projection live, then rebuilds it from
-sequence 1 and checks the two are equal.
+Part 1, the event layer: publishes demo events (each twice, to show de-duplication by
+message id) and one malformed message, runs a worker that tallies them, builds a projection
+live, then rebuilds it from sequence 1 and checks the two are equal.
+
+Part 2, the miner: starts a miner (embed worker, store projection, axon on a free port) on
+the same embedded server, ingests a few facts over HTTP, asks questions, and answers a v2
+storage challenge for the top hit.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import time
 from typing import Any
 
 import msgspec
+import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
@@ -50,7 +55,92 @@ class DemoTally(Projection):
         return {"count": self.count, "total": self.total, "last_seq": self.last_seq}
 
 
-async def run_demo(settings: Settings, events: int = 200) -> dict[str, Any]:
+FACTS = [
+    "The Eiffel Tower is a wrought-iron lattice tower in Paris, France.",
+    "Photosynthesis converts light energy into chemical energy in plants.",
+    "Mount Everest is the highest mountain above sea level, in the Himalayas.",
+    "The Python programming language was created by Guido van Rossum.",
+    "Honey never spoils: archaeologists found edible honey in Egyptian tombs.",
+    "The mitochondrion is the powerhouse of the cell, producing ATP.",
+    "Jupiter is the largest planet in the Solar System.",
+    "The Great Wall of China stretches for thousands of kilometres.",
+    "Rust is a systems language focused on memory safety without garbage collection.",
+    "Octopuses have three hearts and blue blood.",
+]
+QUESTIONS = [
+    "Which planet is the biggest?",
+    "who made python",
+    "how do plants make energy from sunlight",
+]
+
+
+async def run_miner_demo(settings: Settings) -> dict[str, Any]:
+    import aiohttp
+
+    from engram import core
+    from engram.miner.node import MinerNode
+
+    node = MinerNode(settings, port=0)
+    with console.status("starting a miner (loading the embedding model)"):
+        await node.start()
+    try:
+        console.print(f"[green]miner[/] axon at {node.url}")
+        async with aiohttp.ClientSession() as http:
+            items = [
+                {"text": t, "metadata": {"source": "demo", "n": i}} for i, t in enumerate(FACTS)
+            ]
+            async with http.post(
+                f"{node.url}/IngestBatch", json={"items": items, "timeout_s": 60}
+            ) as r:
+                ingest = await r.json()
+            answers = []
+            for q in QUESTIONS:
+                async with http.post(
+                    f"{node.url}/QuerySynapse", json={"query_text": q, "top_k": 1}
+                ) as r:
+                    res = await r.json()
+                top = res["results"][0]
+                answers.append(
+                    {
+                        "question": q,
+                        "answer": FACTS[top["metadata"]["n"]],
+                        "score": round(top["score"], 3),
+                        "cid": top["cid"],
+                        "latency_ms": res.get("latency_ms"),
+                    }
+                )
+            challenge = core.new_challenge(answers[0]["cid"], "11" * 32, ttl_s=60)
+            body = {
+                "cid": challenge.cid,
+                "nonce_hex": challenge.nonce_hex,
+                "expires_at": challenge.expires_at,
+                "validator_hotkey_hex": challenge.validator_hotkey_hex,
+                "version": 2,
+            }
+            async with http.post(f"{node.url}/ChallengeSynapse", json=body) as r:
+                proof = await r.json()
+            async with http.get(f"{node.url}/retrieve/{answers[0]['cid']}") as r:
+                vector = np.asarray((await r.json())["embedding"], np.float32)
+        # the validator's side: recompute the proof from the vector it knows (here: retrieved)
+        verified = core.verify_proof(challenge, proof["proof"], version=2, vec=vector)
+        return {
+            "axon": node.url,
+            "ingested": sum(1 for x in ingest["results"] if x["status"] == "stored"),
+            "answers": answers,
+            "storage_proof_v2_verified": bool(verified),
+        }
+    finally:
+        await node.stop()
+
+
+async def run_demo(settings: Settings, events: int = 200, miner: bool = True) -> dict[str, Any]:
+    result = await run_bus_demo(settings, events)
+    if miner:
+        result["miner"] = await run_miner_demo(settings)
+    return result
+
+
+async def run_bus_demo(settings: Settings, events: int = 200) -> dict[str, Any]:
     started = time.perf_counter()
     bus = await open_bus(settings)
     try:

@@ -41,6 +41,11 @@ def test_demo_runs_on_the_embedded_server(tmp_path: Path) -> None:
     assert out["worker_handled"] == 120 and out["dead_lettered"] == 1
     assert "malformed event" in out["dead_letter_causes"][0]
     assert out["rebuild_equal"] is True and out["projection_live"]["count"] == 120
+    miner = out["miner"]
+    assert miner["ingested"] == 10 and miner["storage_proof_v2_verified"] is True
+    answers = {a["question"]: a["answer"] for a in miner["answers"]}
+    assert "Jupiter" in answers["Which planet is the biggest?"]
+    assert "Guido" in answers["who made python"]
     # the embedded server was stopped with the command
     status = engram("nats", "status", data_dir=tmp_path)
     assert status.returncode == 1 and last_json(status.stdout)["running"] is False

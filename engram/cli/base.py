@@ -123,13 +123,15 @@ def doctor(ctx: click.Context) -> None:
 
 @click.command("demo")
 @click.option("--events", default=200, show_default=True, help="How many demo events to publish.")
+@click.option("--no-miner", is_flag=True, help="Only the event-layer part (no model load).")
 @click.pass_context
-def demo(ctx: click.Context, events: int) -> None:
-    """Start the embedded server, publish events, run a worker, replay and rebuild."""
+def demo(ctx: click.Context, events: int, no_miner: bool) -> None:
+    """Engram end to end on the embedded defaults: events, worker, replay; then a miner
+    that ingests facts, answers questions and a storage challenge."""
     from engram.demo import run_demo
 
     s = get_settings(ctx)
-    result = run_async(run_demo(s, events))
+    result = run_async(run_demo(s, events, miner=not no_miner))
     print_json(result)
 
 
