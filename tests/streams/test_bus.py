@@ -275,3 +275,13 @@ async def test_long_work_is_kept_alive_with_in_progress(bus: Bus) -> None:
     await run_worker_until(w, lambda: w.stats.acked == 1)
     assert calls == [1]  # never redelivered while it was being worked on
     assert w.stats.dead_lettered == 0
+
+
+async def test_ensure_updates_a_stream_whose_spec_changed(bus: Bus) -> None:
+    from streams.topology import StreamSpec
+
+    changed = StreamSpec("WEIGHTS", ("engram.weights.>", "engram.weights2.>"), "more subjects")
+    assert await ensure(bus.js, (changed,)) == {"WEIGHTS": "updated"}
+    info = await bus.js.stream_info("WEIGHTS")
+    assert sorted(info.config.subjects or []) == ["engram.weights.>", "engram.weights2.>"]
+    assert await ensure(bus.js, (changed,)) == {"WEIGHTS": "ok"}
