@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 
+import msgspec
 from nats.js import JetStreamContext, api
 from nats.js.errors import NoStreamResponseError
 
@@ -42,8 +43,6 @@ class Publisher:
     def stamp(self, event: Event) -> Event:
         """Fill the producer into the envelope when the caller left it empty."""
         if self.producer and not event.producer:
-            import msgspec
-
             return msgspec.structs.replace(event, producer=self.producer)
         return event
 
