@@ -22,4 +22,6 @@ def test_json_logs_carry_context_when_not_a_terminal() -> None:
     lines = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
     assert len(lines) == 1
     assert lines[0]["event"] == "batch done" and lines[0]["event_id"] == "ev-123"
-    assert lines[0]["worker"] == "embedder" and lines[0]["level"] == "info" and "timestamp" in lines[0]
+    assert (
+        lines[0]["worker"] == "embedder" and lines[0]["level"] == "info" and "timestamp" in lines[0]
+    )
