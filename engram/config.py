@@ -18,7 +18,10 @@ import platformdirs
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
-SECRET_FIELDS = frozenset({"nats_password", "nats_token", "nats_nkey_seed"})
+SECRET_FIELDS = frozenset({"nats_password", "nats_token", "nats_nkey_seed", "miner_hotkey_seed"})
+# list settings given in the environment as comma-separated values
+_LIST_FIELDS = ("worker_backoff_s", "axon_validators")
+_SS58_CHARS = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
 
 
 class ConfigError(ValueError):
@@ -71,6 +74,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     snapshot_every_events: int = 5000
     snapshot_every_s: float = 60.0
 
+    # axon auth (btauth/1, PROTOCOL.md): "auto" = "open" on a loopback bind, else "signed"
+    axon_auth: str = "auto"  # auto | signed | open
+    axon_validators: list[str] = msgspec.field(default_factory=list)  # ss58s that may challenge
+    axon_min_stake: float = 0.0  # ingest needs this stake; 0 = off (needs a chain registry)
+    miner_hotkey_seed: str | None = None  # mnemonic, secret URI or 0x-hex seed
+    miner_hotkey_file: str | None = None  # a bittensor hotkey file; else <data_dir>/keys/
+    client_hotkey_file: str | None = None  # signs ingest/query; else <data_dir>/keys/
+
     def __post_init__(self) -> None:
         if self.nats_port < 0 or self.nats_port > 65535:
             raise ConfigError(f"nats_port: {self.nats_port} is not a TCP port (0..65535)")
@@ -88,6 +99,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError('nats_sync: "always" or a duration such as "30s" or "2m"')
         if self.nats_url is not None and not self.nats_url.strip():
             self.nats_url = None
+        if self.axon_auth not in ("auto", "signed", "open"):
+            raise ConfigError("axon_auth: must be auto, signed or open")
+        if self.axon_min_stake < 0:
+            raise ConfigError("axon_min_stake: must be >= 0")
+        for hotkey in self.axon_validators:
+            if not 46 <= len(hotkey) <= 48 or not set(hotkey) <= _SS58_CHARS:
+                raise ConfigError(f"axon_validators: {hotkey!r} is not an ss58 address")
 
     @property
     def data_path(self) -> Path:
@@ -171,10 +189,9 @@ def load_settings(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{file}: {exc}") from None
     env_values = _from_env(env)
-    if "worker_backoff_s" in env_values:
-        env_values["worker_backoff_s"] = [
-            x.strip() for x in str(env_values["worker_backoff_s"]).split(",") if x.strip()
-        ]
+    for key in _LIST_FIELDS:
+        if key in env_values:
+            env_values[key] = [x.strip() for x in str(env_values[key]).split(",") if x.strip()]
     merged.update(env_values)
     merged.update({k: v for k, v in overrides.items() if v is not None})
     try:

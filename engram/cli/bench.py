@@ -45,14 +45,20 @@ if importlib.util.find_spec("engram.bench.ingest") is not None:
 
     @bench_group.command("ingest")
     @click.option("--docs", default=5000, show_default=True)
+    @click.option(
+        "--index-scale",
+        type=int,
+        default=None,
+        help="Instead: the index alone at this many synthetic clustered vectors.",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print only the JSON line on stdout.")
     @click.pass_context
-    def bench_ingest(ctx: click.Context, docs: int, as_json: bool) -> None:
+    def bench_ingest(ctx: click.Context, docs: int, index_scale: int | None, as_json: bool) -> None:
         """End-to-end miner ingest, recall and query latency on an embedded miner."""
-        from engram.bench.ingest import run
+        from engram.bench.ingest import run, run_index_scale
 
         get_settings(ctx)
-        print_json(run(docs=docs))
+        print_json(run_index_scale(index_scale) if index_scale else run(docs=docs))
 
 
 def register(main: click.Group) -> None:

@@ -126,22 +126,38 @@ def _items(source: str, metadata: dict[str, Any], namespace: str) -> Iterator[di
             yield {"text": text, "metadata": {**metadata, "source": str(f)}, "namespace": namespace}
 
 
-async def _ingest(url: str, items: list[dict[str, Any]], batch: int, wait: bool) -> dict[str, Any]:
+def _caller_key(ctx: click.Context) -> Any:
+    """The caller's hotkey for btauth/1 (generated once under the data dir), or None when it
+    cannot be had (then requests go unsigned: fine for an axon in "open" mode)."""
+    from engram.miner.client import client_keypair
+
+    try:
+        return client_keypair(_settings(ctx))
+    except OSError as exc:
+        click.echo(f"warning: no client hotkey ({exc}); sending unsigned requests", err=True)
+        return None
+
+
+async def _ingest(
+    url: str, items: list[dict[str, Any]], batch: int, wait: bool, key: Any = None
+) -> dict[str, Any]:
     import aiohttp
     from rich.progress import Progress
+
+    from engram.miner.client import AxonClient
 
     stored = accepted = failed = 0
     errors: list[str] = []
     async with aiohttp.ClientSession(base_url=url) as http:
+        axon = AxonClient(http, key)
         with Progress(transient=False) as bar:
             task = bar.add_task("ingesting", total=len(items))
             for start in range(0, len(items), batch):
                 chunk = items[start : start + batch]
-                async with http.post(
-                    "/IngestBatch", json={"items": chunk, "wait": wait, "timeout_s": 60}
-                ) as r:
-                    body = await r.json()
-                if r.status >= 400:
+                status, body = await axon.post(
+                    "/IngestBatch", {"items": chunk, "wait": wait, "timeout_s": 60}
+                )
+                if status >= 400:
                     failed += len(chunk)
                     detail = body.get("items") or []
                     errors.append(
@@ -163,8 +179,15 @@ async def _ingest(url: str, items: list[dict[str, Any]], batch: int, wait: bool)
 @click.option("--metadata", "metadata_json", default="{}", help="JSON object added to each.")
 @click.option("--batch", default=64, show_default=True)
 @click.option("--no-wait", is_flag=True, help="Return once accepted by JetStream.")
+@click.pass_context
 def ingest(
-    source: str, url: str, namespace: str, metadata_json: str, batch: int, no_wait: bool
+    ctx: click.Context,
+    source: str,
+    url: str,
+    namespace: str,
+    metadata_json: str,
+    batch: int,
+    no_wait: bool,
 ) -> None:
     """Remember TEXT, a FILE, every file of a DIR, or each line of a JSONL file."""
     try:
@@ -175,7 +198,8 @@ def ingest(
     if not items:
         raise click.ClickException(f"nothing to ingest in {source}")
     try:
-        result = asyncio.run(_ingest(url, items, max(1, min(batch, 1000)), not no_wait))
+        key = _caller_key(ctx)
+        result = asyncio.run(_ingest(url, items, max(1, min(batch, 1000)), not no_wait, key))
     except OSError as exc:
         raise click.ClickException(f"cannot reach the miner at {url}: {exc}") from None
     _echo_json(result)
@@ -183,12 +207,13 @@ def ingest(
         sys.exit(1)
 
 
-async def _query(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+async def _query(url: str, body: dict[str, Any], key: Any = None) -> tuple[int, dict[str, Any]]:
     import aiohttp
 
+    from engram.miner.client import AxonClient
+
     async with aiohttp.ClientSession(base_url=url) as http:
-        async with http.post("/QuerySynapse", json=body) as r:
-            return r.status, await r.json()
+        return await AxonClient(http, key).post("/QuerySynapse", body)
 
 
 @click.command("query")
@@ -198,15 +223,22 @@ async def _query(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 @click.option("--namespace", default="public", show_default=True)
 @click.option("--filter", "filter_json", default=None, help="JSON object: metadata equality.")
 @click.option("--json", "as_json", is_flag=True)
+@click.pass_context
 def query(
-    text: str, url: str, top_k: int, namespace: str, filter_json: str | None, as_json: bool
+    ctx: click.Context,
+    text: str,
+    url: str,
+    top_k: int,
+    namespace: str,
+    filter_json: str | None,
+    as_json: bool,
 ) -> None:
     """Semantic search: the TOP_K memories closest to TEXT."""
     body: dict[str, Any] = {"query_text": text, "top_k": top_k, "namespace": namespace}
     if filter_json:
         body["filter"] = json.loads(filter_json)
     try:
-        status, res = asyncio.run(_query(url, body))
+        status, res = asyncio.run(_query(url, body, _caller_key(ctx)))
     except OSError as exc:
         raise click.ClickException(f"cannot reach the miner at {url}: {exc}") from None
     if status != 200:

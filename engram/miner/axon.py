@@ -5,8 +5,9 @@ store projection in this process; queries never touch the bus: the text is embed
 in-process and the local index is searched directly. Every refusal is a 4xx with a JSON
 ``error`` that says why.
 
-Not done yet: btauth/1 request signing (PROTOCOL.md) — the axon is unauthenticated and
-should listen on loopback or behind a proxy until then.
+Requests are authenticated with btauth/1 by the middleware of ``engram.miner.auth`` when
+``make_app`` is given an :class:`~engram.miner.auth.AxonAuth` (which endpoint needs what
+lives there, as data).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from aiohttp import web
@@ -28,6 +29,7 @@ from engram import core as _core
 from streams.events import Embedded, IngestRequested
 from streams.publisher import Publisher
 
+from .auth import AUTH_KEY, AxonAuth
 from .embedder import Embedder
 from .limits import (
     MAX_BATCH_ITEMS,
@@ -41,6 +43,9 @@ from .limits import (
 )
 from .projection import StoreRunner
 from .store import ApplyResult, MemoryStore
+
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Middleware
 
 __all__ = ["Axon", "make_app"]
 
@@ -343,6 +348,7 @@ class Axon:
                 "memories": len(self.store),
                 "applied_seq": self.store.applied_seq,
                 "uptime_s": round(time.time() - self.started, 1),
+                **(request.app[AUTH_KEY].public_info() if AUTH_KEY in request.app else {}),
             }
         )
 
@@ -379,7 +385,9 @@ class Axon:
         )
 
 
-def make_app(axon: Axon) -> web.Application:
+def make_app(axon: Axon, auth: AxonAuth | None = None) -> web.Application:
+    """The axon's app; without ``auth`` it is unauthenticated (tests, embedding)."""
+
     @web.middleware
     async def errors(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -404,7 +412,10 @@ def make_app(axon: Axon) -> web.Application:
         axon.m_latency.labels(endpoint).observe(time.perf_counter() - t0)
         return resp
 
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors])
+    middlewares: list[Middleware] = [errors] if auth is None else [errors, auth.middleware()]
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
+    if auth is not None:
+        app[AUTH_KEY] = auth
     app.router.add_post("/IngestSynapse", axon.ingest)
     app.router.add_post("/IngestBatch", axon.ingest_batch)
     app.router.add_post("/QuerySynapse", axon.query)

@@ -24,17 +24,16 @@ from engram.bus import Bus, open_bus
 from engram.config import Settings
 from streams.worker import Worker
 
+from .auth import build_auth
 from .axon import Axon, make_app
-from .embedder import Embedder, get_embedder
+from .embedder import Embedder, default_sessions, get_embedder
 from .projection import StoreRunner
 from .store import MemoryStore
-from .workers import EmbedHandler, make_embed_worker
+from .workers import SORT_WINDOW, EmbedHandler, make_embed_worker
 
 __all__ = ["MinerNode", "open_store", "run_embed_worker"]
 
 log = structlog.get_logger("engram.miner")
-
-SORT_WINDOW_BATCHES = 4
 
 
 def cache_dir(settings: Settings) -> Path:
@@ -48,11 +47,16 @@ def open_store(settings: Settings, dim: int = 384) -> MemoryStore:
 def load_embedder(settings: Settings, purpose: str = "embed") -> Embedder:
     """``purpose`` separates instances: queries get their own model so a long ingest batch
     never holds a query up."""
-    return get_embedder(
-        settings.embed_model,
-        cache_dir=cache_dir(settings),
-        batch_size=settings.embed_batch if purpose == "embed" else 1,
-    )
+    if purpose == "embed":  # batches: single-threaded sessions in parallel (embedder.py)
+        return get_embedder(
+            settings.embed_model,
+            cache_dir=cache_dir(settings),
+            batch_size=settings.embed_batch,
+            threads=1,
+            sessions=default_sessions(),
+        )
+    # one text at a time: one session using every core, for the lowest latency
+    return get_embedder(settings.embed_model, cache_dir=cache_dir(settings), batch_size=1)
 
 
 def _embed_worker(bus: Bus, settings: Settings, embedder: Embedder) -> tuple[Worker, EmbedHandler]:
@@ -61,9 +65,9 @@ def _embed_worker(bus: Bus, settings: Settings, embedder: Embedder) -> tuple[Wor
         bus.publisher,
         embedder,
         producer=settings.producer,
-        # fetch a window of 4 model batches: texts are sorted by length across the window,
-        # so each model batch pads to similar lengths (MEASURED.md: the biggest lever)
-        batch=settings.embed_batch * SORT_WINDOW_BATCHES,
+        # fetch a window of many model batches: texts are sorted by length across the
+        # window, so each model batch pads to similar lengths (MEASURED.md: the biggest lever)
+        batch=max(SORT_WINDOW, settings.embed_batch),
         fetch_wait_s=settings.embed_batch_wait_s,
         max_deliver=settings.worker_max_deliver,
         backoff_s=tuple(settings.worker_backoff_s),
@@ -124,7 +128,8 @@ class MinerNode:
             ingest_wait_s=self.ingest_wait_s,
             extra_stats=self._extra_stats,
         )
-        self._site_runner = web.AppRunner(make_app(self.axon), access_log=None)
+        auth = await asyncio.to_thread(build_auth, s, self.host)  # btauth/1 (engram.miner.auth)
+        self._site_runner = web.AppRunner(make_app(self.axon, auth), access_log=None)
         await self._site_runner.setup()
         site = web.TCPSite(self._site_runner, self.host, self.port)
         await site.start()

@@ -130,6 +130,21 @@ class _Stats:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _SnapshotView:
+    """What a snapshot writes, pinned at ``seq`` while the store lock was held."""
+
+    seq: int
+    tmp: Path
+    reader: sqlite3.Connection  # in a read transaction on live.sqlite, snap attached
+    blobs: dict[str, bytes]  # namespace -> serialised index
+    counts: dict[str, int]
+
+    def close(self) -> None:
+        self.reader.close()
+        self.blobs = {}
+
+
 def matches_filter(metadata: Mapping[str, Any], flt: Mapping[str, Any] | None) -> bool:
     """Equality on top-level metadata keys; every key of ``flt`` must match."""
     if not flt:
@@ -161,7 +176,8 @@ def _fsync_dir(path: Path) -> None:
 
 class MemoryStore:
     """Not async: callers in an event loop run ``apply_batch``/``snapshot`` in a thread.
-    All public methods are serialised by one lock, so queries may come from any thread."""
+    All public methods are serialised by one lock, so queries may come from any thread;
+    a snapshot holds it only to pin a consistent view, not while it writes files."""
 
     def __init__(
         self,
@@ -180,6 +196,9 @@ class MemoryStore:
         self.expansion_add = expansion_add
         self.expansion_search = expansion_search
         self._lock = threading.RLock()
+        # one snapshot at a time; always taken before ``_lock``, never while holding it
+        self._snap_lock = threading.RLock()
+        self._snap_counter = 0
         self._indexes: dict[str, Index] = {}
         self._db: sqlite3.Connection | None = None
         self._lockfile: TextIO | None = None
@@ -242,7 +261,7 @@ class MemoryStore:
             self.stats.last_snapshot_seq = int(manifest["seq"])
 
     def close(self) -> None:
-        with self._lock:
+        with self._snap_lock, self._lock:
             if self._db is not None:
                 self._db.close()
                 self._db = None
@@ -252,7 +271,7 @@ class MemoryStore:
 
     def reset(self) -> None:
         """Forget everything (snapshots included): the start of a rebuild from seq 1."""
-        with self._lock:
+        with self._snap_lock, self._lock:
             self.close()
             if self._snapdir.exists():
                 shutil.rmtree(self._snapdir)
@@ -412,61 +431,107 @@ class MemoryStore:
 
     def snapshot(self, keep: int = 2) -> Path:
         """Write index files + metadata + applied_seq as one snapshot, publish it by an
-        atomic rename of ``CURRENT``, and prune older snapshots."""
-        with self._lock:
-            seq = self.applied_seq
-            name = f"{seq:020d}"
-            final = self._snapdir / name
-            if (
-                final.is_dir()
-                and (self.root / "CURRENT").exists()
-                and ((self.root / "CURRENT").read_text().strip() == name)
-            ):
-                return final
-            tmp = self._snapdir / f".tmp-{name}-{os.getpid()}"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-            dest = sqlite3.connect(tmp / "meta.sqlite")
+        atomic rename of ``CURRENT``, and prune older snapshots.
+
+        Queries and applies keep running while the files are written: under the store lock
+        we only pin a consistent view (a sqlite read transaction on a second connection,
+        which WAL keeps at that point while the live connection goes on writing, and each
+        index serialised to memory); the copying, writing and fsyncs happen outside it.
+        One snapshot runs at a time."""
+        with self._snap_lock:
+            view = self._freeze()
+            if isinstance(view, Path):  # already the current snapshot
+                return view
             try:
-                self.db.backup(dest)
-                dest.execute("PRAGMA journal_mode=DELETE")
+                return self._write_snapshot(view, keep)
             finally:
-                dest.close()
-            namespaces = sorted(self._indexes)
-            for ns in namespaces:
-                self._indexes[ns].save(str(tmp / _ns_file(ns)))
-            manifest = {
-                "seq": seq,
-                "namespaces": namespaces,
-                "dim": self.dim,
-                "dtype": self.dtype,
-                "counts": {ns: len(self._indexes[ns]) for ns in namespaces},
-                "time": time.time(),
-            }
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-            for f in tmp.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-            _fsync_dir(self._snapdir)
-            cur_tmp = self.root / "CURRENT.tmp"
-            cur_tmp.write_text(name)
-            with open(cur_tmp, "rb") as fh:
+                view.close()
+
+    def _freeze(self) -> _SnapshotView | Path:
+        """A consistent view of the store as of ``applied_seq`` (short: holds the lock)."""
+        self._snapdir.mkdir(parents=True, exist_ok=True)
+        self._snap_counter += 1
+        tmp = self._snapdir / f".tmp-{os.getpid()}-{self._snap_counter}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        with sqlite3.connect(tmp / "meta.sqlite") as dest:
+            dest.executescript(_SCHEMA)
+        dest.close()
+        reader = sqlite3.connect(
+            self.root / "live.sqlite", check_same_thread=False, isolation_level=None
+        )
+        try:
+            reader.execute("ATTACH DATABASE ? AS snap", (str(tmp / "meta.sqlite"),))
+            with self._lock:
+                seq = self.applied_seq
+                name = f"{seq:020d}"
+                cur = self.root / "CURRENT"
+                if cur.exists() and cur.read_text().strip() == name:
+                    if (self._snapdir / name).is_dir():
+                        reader.close()
+                        shutil.rmtree(tmp, ignore_errors=True)
+                        return self._snapdir / name
+                # pin the read snapshot: every write so far is committed under this lock
+                reader.execute("BEGIN")
+                row = reader.execute("SELECT v FROM main.state WHERE k='applied_seq'").fetchone()
+                if int(row[0] if row else 0) != seq:
+                    raise StoreError("the metadata and the applied sequence disagree")
+                blobs: dict[str, bytes] = {}
+                counts: dict[str, int] = {}
+                for ns in sorted(self._indexes):
+                    data = self._indexes[ns].save()  # a memory copy, not a file write
+                    assert data is not None
+                    blobs[ns] = bytes(data)
+                    counts[ns] = len(self._indexes[ns])
+        except BaseException:
+            reader.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return _SnapshotView(seq, tmp, reader, blobs, counts)
+
+    def _write_snapshot(self, view: _SnapshotView, keep: int) -> Path:
+        """Write the files of a frozen view and publish them (no store lock held)."""
+        tmp, name = view.tmp, f"{view.seq:020d}"
+        db = view.reader
+        db.execute("INSERT INTO snap.memories SELECT * FROM main.memories")
+        db.execute("INSERT INTO snap.state SELECT * FROM main.state")
+        db.execute("COMMIT")
+        db.execute("DETACH DATABASE snap")
+        for ns, data in view.blobs.items():
+            (tmp / _ns_file(ns)).write_bytes(data)
+        manifest = {
+            "seq": view.seq,
+            "namespaces": sorted(view.blobs),
+            "dim": self.dim,
+            "dtype": self.dtype,
+            "counts": view.counts,
+            "time": time.time(),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-            cur_tmp.replace(self.root / "CURRENT")
-            _fsync_dir(self.root)
-            self.stats.snapshots += 1
-            self.stats.last_snapshot_seq = seq
-            self.stats.last_snapshot_at = time.time()
-            done = sorted(p for p in self._snapdir.iterdir() if not p.name.startswith("."))
-            stale = [p for p in self._snapdir.iterdir() if p.name.startswith(".tmp-")]
-            for old in [*done[: -max(keep, 1)], *stale]:
-                if old.name != name:
-                    shutil.rmtree(old, ignore_errors=True)
-            return final
+        final = self._snapdir / name
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        _fsync_dir(self._snapdir)
+        cur_tmp = self.root / "CURRENT.tmp"
+        cur_tmp.write_text(name)
+        with open(cur_tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        cur_tmp.replace(self.root / "CURRENT")
+        _fsync_dir(self.root)
+        self.stats.snapshots += 1
+        self.stats.last_snapshot_seq = view.seq
+        self.stats.last_snapshot_at = time.time()
+        done = sorted(p for p in self._snapdir.iterdir() if not p.name.startswith("."))
+        stale = [p for p in self._snapdir.iterdir() if p.name.startswith(".tmp-")]
+        for old in [*done[: -max(keep, 1)], *stale]:
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
 
     # --- reading ------------------------------------------------------------------------
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -140,6 +143,44 @@ def test_snapshot_restore_and_replay(tmp_path, rng):
         assert [h.cid for h in fresh.search(q, 10)] == [h.cid for h in reopened.search(q, 10)]
     # same keys, same records: a replay from seq 1 rebuilds the same state
     assert [(r.key, r.cid) for r in fresh.records()] == [(r.key, r.cid) for r in reopened.records()]
+
+
+def test_queries_and_applies_run_while_a_snapshot_writes(tmp_path, rng, monkeypatch):
+    """The store lock is held only to pin a view: with the snapshot parked just before it
+    writes any file, a query and an apply (in other threads) both complete, and the
+    snapshot still holds exactly the state as of the moment it was taken."""
+    n = 5000
+    vecs = clustered(rng, n + 100)
+    store = MemoryStore(tmp_path)
+    for start in range(0, n, 1000):
+        store.apply_batch([(i + 1, emb(i, vecs[i])) for i in range(start, start + 1000)])
+    parked, release = threading.Event(), threading.Event()
+    write = MemoryStore._write_snapshot
+
+    def slow_write(self: MemoryStore, view: object, keep: int) -> object:
+        parked.set()
+        assert release.wait(60), "the test never released the snapshot"
+        return write(self, view, keep)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MemoryStore, "_write_snapshot", slow_write)
+    with ThreadPoolExecutor(2) as pool:
+        snap = pool.submit(store.snapshot)
+        assert parked.wait(60)
+        try:
+            hits = pool.submit(store.search, vecs[7], 5).result(timeout=30)
+            assert hits[0].cid == f"v1::{7:064x}"
+            later = [(n + i + 1, emb(n + i, vecs[n + i])) for i in range(100)]
+            pool.submit(store.apply_batch, later).result(timeout=30)
+            assert not snap.done()  # both answered while the snapshot was in progress
+        finally:
+            release.set()
+        path = snap.result(timeout=60)
+    assert path.name == f"{n:020d}" and store.applied_seq == n + 100
+    store.close()
+    reopened = MemoryStore(tmp_path)
+    assert reopened.applied_seq == n and len(reopened) == n  # the view, not later applies
+    assert reopened.get(f"v1::{n:064x}") is None
+    assert reopened.search(vecs[7], 1)[0].cid == f"v1::{7:064x}"
 
 
 def test_snapshots_are_pruned_and_reset_forgets(tmp_path, rng):
