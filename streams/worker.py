@@ -78,6 +78,7 @@ class WorkerStats:
     retried: int = 0
     dead_lettered: int = 0
     malformed: int = 0
+    parked: int = 0  # late arrivals kept alive while every slot was busy
     batches: int = 0
     errors: int = 0
     last_error: str = ""
@@ -90,6 +91,23 @@ def _describe(cause: object) -> tuple[str, str]:
     if isinstance(cause, BaseException):
         return f"{type(cause).__name__}: {cause}", type(cause).__name__
     return str(cause), "Poison"
+
+
+def _take_buffered(sub: Any) -> list[Msg]:
+    """Take the messages a pull subscription holds locally (delivered by the server for
+    an earlier fetch after that fetch returned). nats-py exposes no public call for this;
+    if its internals change, nothing is taken and redelivery after ack_wait still applies."""
+    inner = getattr(sub, "_sub", None)
+    queue = getattr(inner, "_pending_queue", None)
+    out: list[Msg] = []
+    if queue is None:
+        return out
+    while not queue.empty():
+        msg = queue.get_nowait()
+        inner._pending_size -= len(msg.data)  # type: ignore[union-attr]
+        if JetStreamContext.is_status_msg(msg) is None:
+            out.append(msg)
+    return out
 
 
 @dataclass
@@ -126,14 +144,34 @@ class Worker:
         if sub is None:  # stopped before the consumer could be bound
             return
         slots = asyncio.Semaphore(self.concurrency)
+        parked: list[Msg] = []  # late arrivals kept alive until a slot frees
+        interval = max(self.spec.ack_wait_s / 3, 0.5)
         self._ready.set()
         log.info("worker started", worker=self.name, stream=self.spec.stream, batch=self.batch)
         try:
             while not self._stopping.is_set():
-                await slots.acquire()
+                try:
+                    await asyncio.wait_for(slots.acquire(), timeout=interval)
+                except TimeoutError:
+                    # Every slot is busy. Messages the server sent for an earlier fetch
+                    # after it had returned wait in the local queue, where nothing keeps
+                    # them alive: take them out and tell the server they are in hand, or
+                    # they would be redelivered after ack_wait and done twice.
+                    late = _take_buffered(sub)
+                    self.stats.parked += len(late)
+                    parked.extend(late)
+                    for m in parked:
+                        with contextlib.suppress(Exception):
+                            await m.in_progress()
+                    continue
                 if self._stopping.is_set():
                     slots.release()
                     break
+                if parked:
+                    msgs, parked = parked[: self.batch], parked[self.batch :]
+                    self.stats.fetched += len(msgs)
+                    self._spawn(msgs, slots)
+                    continue
                 try:
                     msgs = await sub.fetch(self.batch, timeout=self.fetch_wait_s)
                 except (TimeoutError, FetchTimeoutError, NatsTimeoutError):
@@ -150,15 +188,21 @@ class Worker:
                     slots.release()
                     continue
                 self.stats.fetched += len(msgs)
-                task = asyncio.create_task(self._handle_batch(msgs))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-                task.add_done_callback(lambda _t: slots.release())
+                self._spawn(msgs, slots)
         finally:
             await self._drain()
+            for m in parked + _take_buffered(sub):  # not started: hand back at once
+                with contextlib.suppress(Exception):
+                    await m.nak()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
             log.info("worker stopped", worker=self.name, **self.stats.as_dict())
+
+    def _spawn(self, msgs: list[Msg], slots: asyncio.Semaphore) -> None:
+        task = asyncio.create_task(self._handle_batch(msgs))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _t: slots.release())
 
     async def _bind(self) -> Any:
         """Create/update the durable consumer and bind to it, retrying with backoff while the

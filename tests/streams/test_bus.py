@@ -285,3 +285,23 @@ async def test_ensure_updates_a_stream_whose_spec_changed(bus: Bus) -> None:
     info = await bus.js.stream_info("WEIGHTS")
     assert sorted(info.config.subjects or []) == ["engram.weights.>", "engram.weights2.>"]
     assert await ensure(bus.js, (changed,)) == {"WEIGHTS": "ok"}
+
+
+async def test_messages_that_arrive_while_every_slot_is_busy_are_not_done_twice(bus: Bus) -> None:
+    n = 3000
+    await bus.publisher.publish_many([DemoNoted(n=i, payload=b"x" * 512) for i in range(n)])
+    seen: list[int] = []
+    first = True
+
+    async def handler(batch: list[Delivery]) -> None:
+        nonlocal first
+        if first:  # hold the only slot well past ack_wait
+            first = False
+            await asyncio.sleep(4.0)
+        seen.extend(d.event.n for d in batch)  # type: ignore[attr-defined]
+
+    spec = ConsumerSpec("late", "INGEST", DEMO, ack_wait_s=1.5, max_ack_pending=n)
+    w = Worker(bus.js, spec, handler, bus.publisher, batch=1000, fetch_wait_s=0.01, concurrency=1)
+    await run_worker_until(w, lambda: len(set(seen)) == n, timeout=60)
+    await asyncio.sleep(2.0)  # a redelivery would show up here
+    assert sorted(seen) == list(range(n)), f"done twice: {len(seen) - n}; parked {w.stats.parked}"
