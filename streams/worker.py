@@ -86,6 +86,10 @@ class WorkerStats:
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def record_error(self, exc: BaseException) -> None:
+        self.errors += 1
+        self.last_error = repr(exc)
+
 
 def _describe(cause: object) -> tuple[str, str]:
     if isinstance(cause, BaseException):
@@ -179,8 +183,7 @@ class Worker:
                     continue
                 except Exception as exc:  # connection trouble: log, back off, keep going
                     slots.release()
-                    self.stats.errors += 1
-                    self.stats.last_error = repr(exc)
+                    self.stats.record_error(exc)
                     log.warning("fetch failed", worker=self.name, error=repr(exc))
                     await asyncio.sleep(0.5)
                     continue
@@ -217,8 +220,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.stats.errors += 1
-                self.stats.last_error = repr(exc)
+                self.stats.record_error(exc)
                 log.warning(
                     "cannot bind consumer yet; retrying",
                     worker=self.name,
@@ -284,8 +286,7 @@ class Worker:
                 if d.outcome != "ack":
                     d.poison(exc)
         except Exception as exc:
-            self.stats.errors += 1
-            self.stats.last_error = repr(exc)
+            self.stats.record_error(exc)
             log.warning(
                 "batch failed",
                 worker=self.name,

@@ -6,7 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from engram.bus import open_bus
+from engram.bus import Bus, open_bus
 from engram.config import Settings
 from engram.natsd import EmbeddedNats
 from streams.events import DemoNoted
@@ -19,6 +19,28 @@ async def wait_until(cond, timeout: float) -> None:  # type: ignore[no-untyped-d
     while not cond():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.05)
+
+
+async def restart(server: EmbeddedNats) -> EmbeddedNats:
+    """Stop the server, then start it again on the same port and store."""
+    server.stop()
+    await asyncio.sleep(1.0)
+    again = EmbeddedNats(
+        data_dir=server.data_dir, port=server.port, monitor_port=server.monitor_port
+    )
+    return again.start(reuse=False)
+
+
+async def publish_once_reconnected(bus: Bus, events: list[DemoNoted]) -> None:
+    """The client reconnects by itself; publish once it has."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await bus.publisher.publish_many(events)
+            return
+        except Exception:
+            assert time.monotonic() < deadline, "the client did not reconnect"
+            await asyncio.sleep(0.5)
 
 
 async def test_worker_survives_a_server_restart(tmp_path: Path) -> None:
@@ -37,22 +59,8 @@ async def test_worker_survives_a_server_restart(tmp_path: Path) -> None:
         await bus.publisher.publish_many([DemoNoted(n=i) for i in range(20)])
         await wait_until(lambda: len(got) == 20, 20)
 
-        port = server.port
-        server.stop()  # the server goes away...
-        await asyncio.sleep(1.0)
-        server = EmbeddedNats(
-            data_dir=tmp_path / "nats", port=port, monitor_port=server.monitor_port
-        )
-        server.start(reuse=False)  # ...and comes back on the same port and store
-
-        deadline = time.monotonic() + 30
-        while True:  # the client reconnects by itself; publish once it has
-            try:
-                await bus.publisher.publish_many([DemoNoted(n=i) for i in range(20, 40)])
-                break
-            except Exception:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.5)
+        server = await restart(server)
+        await publish_once_reconnected(bus, [DemoNoted(n=i) for i in range(20, 40)])
         await wait_until(lambda: got == set(range(40)), 30)
     finally:
         worker.stop()
@@ -73,20 +81,8 @@ async def test_projection_follows_across_a_server_restart(tmp_path: Path) -> Non
     try:
         await bus.publisher.publish_many([DemoNoted(n=1) for _ in range(10)])
         assert await runner.wait_for(10, timeout=20)
-        port, mon = server.port, server.monitor_port
-        server.stop()
-        await asyncio.sleep(1.0)
-        server = EmbeddedNats(data_dir=tmp_path / "nats", port=port, monitor_port=mon).start(
-            reuse=False
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                await bus.publisher.publish_many([DemoNoted(n=2) for _ in range(10)])
-                break
-            except Exception:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.5)
+        server = await restart(server)
+        await publish_once_reconnected(bus, [DemoNoted(n=2) for _ in range(10)])
         assert await runner.wait_for(20, timeout=40)
         assert tally.counts == {1: 10, 2: 10}
     finally:
