@@ -16,6 +16,8 @@ from typing import Any
 import msgspec
 import platformdirs
 
+from streams.errors import InputError
+
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
 SECRET_FIELDS = frozenset({"nats_password", "nats_token", "nats_nkey_seed", "miner_hotkey_seed"})
@@ -24,7 +26,7 @@ _LIST_FIELDS = ("worker_backoff_s", "axon_validators")
 _SS58_CHARS = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A setting has a bad value; the message names the setting and the reason."""
 
 

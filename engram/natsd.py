@@ -23,10 +23,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streams.errors import Unavailable
+
 __all__ = ["EmbeddedNats", "NatsServerError", "find_nats_server", "free_port", "server_status"]
 
 
-class NatsServerError(RuntimeError):
+class NatsServerError(Unavailable):
     """The embedded nats-server could not be found, started or reached."""
 
 

@@ -21,6 +21,8 @@ from typing import Any, ClassVar, TypeAlias
 
 import msgspec
 
+from .errors import InputError
+
 __all__ = [
     "ALL_EVENTS",
     "BlobArchived",
@@ -332,7 +334,7 @@ _DECODER: msgspec.msgpack.Decoder[AnyEvent] = msgspec.msgpack.Decoder(AnyEvent)
 _RAW_DECODER = msgspec.msgpack.Decoder(dict[str, Any])
 
 
-class EventDecodeError(ValueError):
+class EventDecodeError(InputError):
     """The bytes are not a known Engram event (malformed, unknown kind, wrong types)."""
 
 

@@ -15,6 +15,7 @@ import msgspec
 from nats.js import JetStreamContext, api
 from nats.js.errors import NoStreamResponseError
 
+from .errors import Unavailable
 from .events import Event, encode
 
 __all__ = ["PublishError", "Publisher"]
@@ -23,7 +24,7 @@ HDR_MSG_ID = "Nats-Msg-Id"
 HDR_KIND = "Engram-Kind"
 
 
-class PublishError(RuntimeError):
+class PublishError(Unavailable):
     """JetStream did not accept the event (no stream, timeouts after retries, ...)."""
 
 

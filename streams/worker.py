@@ -30,6 +30,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import FetchTimeoutError
 
+from .errors import EngramError
 from .events import DeadLettered, Event, EventDecodeError, decode
 from .publisher import Publisher
 from .topology import ConsumerSpec, ensure_consumer
@@ -39,7 +40,7 @@ __all__ = ["Delivery", "Poison", "Worker", "WorkerStats", "run_until_signal"]
 log = structlog.get_logger("engram.worker")
 
 
-class Poison(Exception):
+class Poison(EngramError):
     """Raise from a handler to dead-letter the whole batch now (no retry will help)."""
 
 

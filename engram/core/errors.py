@@ -7,6 +7,8 @@ The Rust module raises these very classes (it looks them up here by name).
 
 from __future__ import annotations
 
+from streams.errors import InputError
+
 __all__ = [
     "ChallengeError",
     "ChallengeExpired",
@@ -23,7 +25,7 @@ __all__ = [
 ]
 
 
-class CoreError(ValueError):
+class CoreError(InputError):
     """Base class: the bytes or arguments given to ``engram.core`` are not acceptable."""
 
 

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from engram import core as _core
+from streams.errors import InputError
 from streams.events import Embedded, IngestRequested
 from streams.publisher import Publisher
 
@@ -53,7 +54,7 @@ _HEX64 = frozenset("0123456789abcdefABCDEF")
 AXON_KEY: web.AppKey[Axon] = web.AppKey("axon")
 
 
-class Refused(Exception):
+class Refused(InputError):
     """A request the axon refuses: HTTP ``status`` and the reason for the client."""
 
     def __init__(self, status: int, reason: str) -> None:

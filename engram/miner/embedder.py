@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from streams.errors import EngramError
+
 __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_MODEL_VERSION",
@@ -58,7 +60,7 @@ _registered = False
 Matrix = npt.NDArray[np.float32]
 
 
-class EmbedderError(RuntimeError):
+class EmbedderError(EngramError):
     """The model could not be found or loaded."""
 
 

@@ -49,6 +49,8 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
+from streams.errors import InputError
+
 try:  # onnxruntime must be loaded before usearch: the other order segfaults when a
     import onnxruntime  # noqa: F401  # model is loaded later (native library clash,
 except ImportError:  # pragma: no cover  # usearch 2.26.6 + onnxruntime 1.31.1)
@@ -82,7 +84,7 @@ CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 EXACT_FALLBACK_MAX = 20_000
 
 
-class StoreError(ValueError):
+class StoreError(InputError):
     """An event or query the store cannot apply (wrong dimension, non-finite vector...)."""
 
 
