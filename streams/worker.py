@@ -12,6 +12,14 @@ at once and the worker keeps running. Dead letters are published and acked by Je
 Long work keeps its messages alive with ``in_progress`` heartbeats. ``stop()`` (wired to
 SIGTERM/SIGINT by :func:`run_until_signal`) stops fetching, lets in-flight batches finish
 within a grace period, and naks what is left so another process picks it up at once.
+
+Late arrivals: a ``fetch`` can return before the server has sent all it was asked for (its
+deadline covers the transfer); the rest reach the subscription's queue afterwards. The next
+``fetch`` returns them first, but while every slot is busy there is no next fetch, and a
+queued message would be redelivered after ``ack_wait`` and done twice. So while it waits for
+a slot the runner moves them into a buffer it owns (``fetch(1)`` while the public
+``pending_msgs`` says the queue holds some: a queued message is returned without asking the
+server for more), heartbeats that buffer, and starts it on the next free slot.
 """
 
 from __future__ import annotations
@@ -33,11 +41,17 @@ from nats.js.errors import FetchTimeoutError
 from .errors import EngramError
 from .events import DeadLettered, Event, EventDecodeError, decode
 from .publisher import Publisher
+from .retry import Backoff, sleep_or_stop
 from .topology import ConsumerSpec, ensure_consumer
 
 __all__ = ["Delivery", "Poison", "Worker", "WorkerStats", "run_until_signal"]
 
 log = structlog.get_logger("engram.worker")
+
+_FETCH_TIMEOUTS = (TimeoutError, FetchTimeoutError, NatsTimeoutError)
+#: Waits between attempts to bind the consumer, and after a failed fetch.
+BIND_BACKOFF = Backoff(initial=0.25, maximum=5.0)
+FETCH_BACKOFF = Backoff(initial=0.1, maximum=2.0)
 
 
 class Poison(EngramError):
@@ -98,23 +112,6 @@ def _describe(cause: object) -> tuple[str, str]:
     return str(cause), "Poison"
 
 
-def _take_buffered(sub: Any) -> list[Msg]:
-    """Take the messages a pull subscription holds locally (delivered by the server for
-    an earlier fetch after that fetch returned). nats-py exposes no public call for this;
-    if its internals change, nothing is taken and redelivery after ack_wait still applies."""
-    inner = getattr(sub, "_sub", None)
-    queue = getattr(inner, "_pending_queue", None)
-    out: list[Msg] = []
-    if queue is None:
-        return out
-    while not queue.empty():
-        msg = queue.get_nowait()
-        inner._pending_size -= len(msg.data)  # type: ignore[union-attr]
-        if JetStreamContext.is_status_msg(msg) is None:
-            out.append(msg)
-    return out
-
-
 @dataclass
 class Worker:
     js: JetStreamContext
@@ -149,8 +146,9 @@ class Worker:
         if sub is None:  # stopped before the consumer could be bound
             return
         slots = asyncio.Semaphore(self.concurrency)
-        parked: list[Msg] = []  # late arrivals kept alive until a slot frees
+        buffered: list[Msg] = []  # fetched, not started yet: kept alive by this loop
         interval = max(self.spec.ack_wait_s / 3, 0.5)
+        failures = 0  # fetch errors in a row
         self._ready.set()
         log.info("worker started", worker=self.name, stream=self.spec.stream, batch=self.batch)
         try:
@@ -158,36 +156,37 @@ class Worker:
                 try:
                     await asyncio.wait_for(slots.acquire(), timeout=interval)
                 except TimeoutError:
-                    # Every slot is busy. Messages the server sent for an earlier fetch
-                    # after it had returned wait in the local queue, where nothing keeps
-                    # them alive: take them out and tell the server they are in hand, or
-                    # they would be redelivered after ack_wait and done twice.
-                    late = _take_buffered(sub)
+                    # Every slot is busy: take late arrivals into the buffer and tell the
+                    # server all of it is in hand (module docstring).
+                    late = await self._take_late(sub)
                     self.stats.parked += len(late)
-                    parked.extend(late)
-                    for m in parked:
+                    buffered.extend(late)
+                    for m in buffered:
                         with contextlib.suppress(Exception):
                             await m.in_progress()
                     continue
                 if self._stopping.is_set():
                     slots.release()
                     break
-                if parked:
-                    msgs, parked = parked[: self.batch], parked[self.batch :]
+                if buffered:
+                    msgs, buffered = buffered[: self.batch], buffered[self.batch :]
                     self.stats.fetched += len(msgs)
                     self._spawn(msgs, slots)
                     continue
                 try:
                     msgs = await sub.fetch(self.batch, timeout=self.fetch_wait_s)
-                except (TimeoutError, FetchTimeoutError, NatsTimeoutError):
+                except _FETCH_TIMEOUTS:
                     slots.release()
                     continue
                 except Exception as exc:  # connection trouble: log, back off, keep going
                     slots.release()
                     self.stats.record_error(exc)
-                    log.warning("fetch failed", worker=self.name, error=repr(exc))
-                    await asyncio.sleep(0.5)
+                    delay = FETCH_BACKOFF.delay(failures)
+                    failures += 1
+                    log.warning("fetch failed", worker=self.name, error=repr(exc), retry_in_s=delay)
+                    await sleep_or_stop(delay, self._stopping)
                     continue
+                failures = 0
                 if not msgs:
                     slots.release()
                     continue
@@ -195,12 +194,29 @@ class Worker:
                 self._spawn(msgs, slots)
         finally:
             await self._drain()
-            for m in parked + _take_buffered(sub):  # not started: hand back at once
+            for m in buffered + await self._take_late(sub):  # not started: hand back now
                 with contextlib.suppress(Exception):
                     await m.nak()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
             log.info("worker stopped", worker=self.name, **self.stats.as_dict())
+
+    async def _take_late(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        """Move what the subscription's queue holds into the caller's hands.
+
+        ``fetch(1)`` returns a queued message without a request to the server; only when the
+        queue holds nothing but status messages does it ask for one more, which is then in
+        hand too (and its own straggler, if any, is taken next time)."""
+        out: list[Msg] = []
+        while sub.pending_msgs > 0:
+            try:
+                out.extend(await sub.fetch(1, timeout=max(self.fetch_wait_s, 0.01)))
+            except _FETCH_TIMEOUTS:
+                break
+            except Exception as exc:  # the connection is down: what is queued is lost anyway
+                self.stats.record_error(exc)
+                break
+        return out
 
     def _spawn(self, msgs: list[Msg], slots: asyncio.Semaphore) -> None:
         task = asyncio.create_task(self._handle_batch(msgs))
@@ -208,10 +224,10 @@ class Worker:
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda _t: slots.release())
 
-    async def _bind(self) -> Any:
+    async def _bind(self) -> JetStreamContext.PullSubscription | None:
         """Create/update the durable consumer and bind to it, retrying with backoff while the
         server is unreachable or still electing (a cluster starting, a restart)."""
-        delay = 0.25
+        attempt = 0
         while not self._stopping.is_set():
             try:
                 await ensure_consumer(self.js, self.spec, self.replicas)
@@ -222,15 +238,15 @@ class Worker:
                 raise
             except Exception as exc:
                 self.stats.record_error(exc)
+                delay = BIND_BACKOFF.delay(attempt)
+                attempt += 1
                 log.warning(
                     "cannot bind consumer yet; retrying",
                     worker=self.name,
                     error=repr(exc),
-                    retry_in_s=delay,
+                    retry_in_s=round(delay, 2),
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                delay = min(delay * 2, 5.0)
+                await sleep_or_stop(delay, self._stopping)
         return None
 
     async def _drain(self) -> None:
