@@ -55,12 +55,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nats_connect_timeout_s: float = 5.0
     stream_replicas: int = 1  # 3 on a JetStream cluster
 
-    # workers
-    worker_batch: int = 64
-    worker_fetch_wait_s: float = 0.5
-    worker_concurrency: int = 2
+    # workers (fetch window, concurrency and ack wait are each worker's own: the embed worker's
+    # follow the embed_* settings)
     worker_max_deliver: int = 5
-    worker_ack_wait_s: float = 30.0
     worker_backoff_s: list[float] = msgspec.field(default_factory=lambda: [0.5, 2.0, 8.0, 30.0])
 
     # logs
@@ -95,8 +92,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError("log_format: must be auto, console or json")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level: must be debug, info, warning or error")
-        if self.worker_batch < 1 or self.worker_concurrency < 1 or self.worker_max_deliver < 1:
-            raise ConfigError("worker_batch, worker_concurrency, worker_max_deliver: must be >= 1")
+        if self.worker_max_deliver < 1:
+            raise ConfigError("worker_max_deliver: must be >= 1")
         if self.nats_sync != "always" and not self.nats_sync[:-1].isdigit():
             raise ConfigError('nats_sync: "always" or a duration such as "30s" or "2m"')
         if self.nats_url is not None and not self.nats_url.strip():

@@ -1,22 +1,28 @@
 """``engram demo``: Engram end to end on the embedded defaults.
 
-Part 1, the event layer: publishes demo events (each twice, to show de-duplication by
-message id) and one malformed message, runs a worker that tallies them, builds a projection
-live, then rebuilds it from sequence 1 and checks the two are equal.
+Part 1, the event layer: a projection starts following the stream live; then the demo
+publishes events (each twice, to show de-duplication by message id) and one malformed
+message, and runs a worker that tallies them. The live projection (applied event by event as
+they arrived) is compared with one rebuilt from sequence 1: ``rebuild_equal``.
 
 Part 2, the miner: starts a miner (embed worker, store projection, axon on a free port) on
-the same embedded server, ingests a few facts over HTTP, asks questions, and answers a v2
-storage challenge for the top hit.
+the same server, ingests facts whose vectors the demo embedded itself (as ``raw_embedding``,
+with the model the miner serves), asks questions in text, and answers a v2 storage
+challenge for the top hit, verified against the demo's own vector, as a validator would.
+
+The command runs in a temporary data dir (removed afterwards) unless ``--data-dir`` is given;
+either way the consumers the demo creates are deleted before it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import uuid
 from typing import Any
 
 import msgspec
-import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
@@ -28,7 +34,12 @@ from streams.replay import replay_raw
 from streams.topology import ConsumerSpec
 from streams.worker import Delivery, Worker
 
+__all__ = ["DemoTally", "run_bus_demo", "run_demo", "run_miner_demo"]
+
 console = Console(stderr=True)
+
+#: Events per publish call; the live projection's progress is sampled after each.
+CHUNK = 100
 
 
 class DemoTally(Projection):
@@ -76,18 +87,26 @@ QUESTIONS = [
 
 async def run_miner_demo(settings: Settings) -> dict[str, Any]:
     import aiohttp
+    import numpy as np
 
     from engram import core
-    from engram.miner.node import MinerNode
+    from engram.miner.node import MinerNode, load_embedder
 
     node = MinerNode(settings, port=0)
     with console.status("starting a miner (loading the embedding model)"):
         await node.start()
     try:
         console.print(f"[green]miner[/] axon at {node.url}")
+        # The client's side: embed the facts here, with the model the miner serves (the same
+        # process-wide instance, so it is loaded once), and keep the vectors.
+        embedder = await asyncio.to_thread(load_embedder, settings, "query")
+        vectors = await asyncio.to_thread(embedder.embed, FACTS)
+        metadata = [{"source": "demo", "n": i} for i in range(len(FACTS))]
+        cids = core.compute_cids(vectors, metadata, embedder.model_version)
         async with aiohttp.ClientSession() as http:
             items = [
-                {"text": t, "metadata": {"source": "demo", "n": i}} for i, t in enumerate(FACTS)
+                {"raw_embedding": vectors[i].tolist(), "metadata": metadata[i]}
+                for i in range(len(FACTS))
             ]
             async with http.post(
                 f"{node.url}/IngestBatch", json={"items": items, "timeout_s": 60}
@@ -109,6 +128,7 @@ async def run_miner_demo(settings: Settings) -> dict[str, Any]:
                         "latency_ms": res.get("latency_ms"),
                     }
                 )
+            n = FACTS.index(answers[0]["answer"])
             challenge = core.new_challenge(answers[0]["cid"], "11" * 32, ttl_s=60)
             body = {
                 "cid": challenge.cid,
@@ -119,14 +139,15 @@ async def run_miner_demo(settings: Settings) -> dict[str, Any]:
             }
             async with http.post(f"{node.url}/ChallengeSynapse", json=body) as r:
                 proof = await r.json()
-            async with http.get(f"{node.url}/retrieve/{answers[0]['cid']}") as r:
-                vector = np.asarray((await r.json())["embedding"], np.float32)
-        # the validator's side: recompute the proof from the vector it knows (here: retrieved)
-        verified = core.verify_proof(challenge, proof["proof"], version=2, vec=vector)
+        # the validator's side: the proof must match the vector the demo embedded itself,
+        # never one fetched from the miner under test
+        own = np.ascontiguousarray(vectors[n], dtype=np.float32)
+        verified = core.verify_proof(challenge, proof["proof"], version=2, vec=own)
         return {
             "axon": node.url,
             "ingested": sum(1 for x in ingest["results"] if x["status"] == "stored"),
             "answers": answers,
+            "cids_match_local": all(a["cid"] in cids for a in answers),
             "storage_proof_v2_verified": bool(verified),
         }
     finally:
@@ -140,27 +161,53 @@ async def run_demo(settings: Settings, events: int = 200, miner: bool = True) ->
     return result
 
 
-async def run_bus_demo(settings: Settings, events: int = 200) -> dict[str, Any]:
+async def _settled(js: Any, durable: str, deadline_s: float) -> None:
+    """Wait until the consumer has nothing left to deliver and nothing unacknowledged."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        info = await js.consumer_info("INGEST", durable)
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"the demo worker did not finish within {deadline_s} s")
+
+
+async def run_bus_demo(
+    settings: Settings, events: int = 200, *, live: DemoTally | None = None
+) -> dict[str, Any]:
+    """The event-layer part. ``live`` is the projection that follows the stream (tests pass
+    one that misbehaves, to show ``rebuild_equal`` can be false)."""
     started = time.perf_counter()
+    live = DemoTally() if live is None else live
+    durable = f"demo-{uuid.uuid4().hex[:12]}"
     bus = await open_bus(settings)
     try:
         console.print(f"[green]bus[/] {bus.url} ({'embedded' if bus.server else 'external'})")
+        # follow the stream from before the first event is published
+        follower = ProjectionRunner(bus.js, live)
+        following = asyncio.create_task(follower.run())
         originals = [DemoNoted(n=i, note="demo", producer=settings.producer) for i in range(events)]
+        progress_seen: list[int] = []
+        fresh = dup = 0
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("publishing (each event twice)", total=2 * events)
-            fresh = dup = 0
-            for i in range(0, events, 100):
-                chunk = originals[i : i + 100]
-                for ack in await bus.publisher.publish_many(chunk + chunk):
+            for i in range(0, events, CHUNK):
+                chunk = originals[i : i + CHUNK]
+                acks = await bus.publisher.publish_many(chunk + chunk)
+                for ack in acks:
                     if ack.duplicate:
                         dup += 1
                     else:
                         fresh += 1
+                # the live projection applies each chunk as it arrives
+                if not await follower.wait_for(max(a.seq for a in acks), timeout=30):
+                    raise TimeoutError("the live projection did not keep up")
+                progress_seen.append(live.count)
                 progress.advance(task, 2 * len(chunk))
-        await bus.js.publish(
+        bad = await bus.js.publish(
             "engram.ingest.demo",
             b"\xc1 not an event",
-            headers={"Nats-Msg-Id": f"bad:{time.time()}"},
+            headers={"Nats-Msg-Id": f"bad:{durable}"},
         )
 
         seen: dict[str, int] = {"handled": 0}
@@ -170,28 +217,29 @@ async def run_bus_demo(settings: Settings, events: int = 200) -> dict[str, Any]:
 
         worker = Worker(
             bus.js,
-            ConsumerSpec(f"demo-{int(time.time())}", "INGEST", ("engram.ingest.demo",)),
+            ConsumerSpec(durable, "INGEST", ("engram.ingest.demo",), description="engram demo"),
             tally,
             bus.publisher,
-            batch=settings.worker_batch,
+            batch=CHUNK,
         )
-        task_ = asyncio.create_task(worker.run())
-        deadline = time.monotonic() + 30
-        while (
-            seen["handled"] + worker.stats.dead_lettered < events + 1
-            and time.monotonic() < deadline
-        ):
-            await asyncio.sleep(0.05)
-        worker.stop()
-        await task_
+        try:
+            running = asyncio.create_task(worker.run())
+            await asyncio.wait_for(worker.wait_ready(), 30)
+            await _settled(bus.js, durable, deadline_s=30)
+            worker.stop()
+            await running
+        finally:
+            with contextlib.suppress(Exception):
+                await bus.js.delete_consumer("INGEST", durable)
 
-        live = DemoTally()
-        await ProjectionRunner(bus.js, live).catch_up()
+        await follower.wait_for(bad.seq, timeout=30)
+        follower.stop()
+        await following
         rebuilt = DemoTally()
         await ProjectionRunner(bus.js, rebuilt).rebuild()
         dead = [
             msgspec.structs.asdict(r.event)["error"]
-            async for r in replay_raw(bus.js, "DLQ")
+            async for r in replay_raw(bus.js, "DLQ", subjects=[f"engram.dlq.{durable}"])
             if r.event is not None
         ]
         return {
@@ -203,6 +251,7 @@ async def run_bus_demo(settings: Settings, events: int = 200) -> dict[str, Any]:
             "dead_lettered": worker.stats.dead_lettered,
             "dead_letter_causes": dead[-1:],
             "projection_live": live.state(),
+            "projection_live_progress": progress_seen,
             "projection_rebuilt": rebuilt.state(),
             "rebuild_equal": live.state() == rebuilt.state(),
             "seconds": round(time.perf_counter() - started, 2),

@@ -2,8 +2,9 @@
 
 Publishing uses nats-py's asynchronous JetStream publish (many messages in flight, acks
 collected as they come back), so a batch costs about one round trip rather than one per
-event. A publish whose ack does not arrive in time is sent again with the same message id;
-JetStream's de-duplication window makes that safe.
+event. A publish whose ack does not arrive in time is sent again with the same message id,
+after a short :class:`~streams.retry.Backoff` pause (a cluster electing a leader needs a
+moment); JetStream's de-duplication window makes that safe.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from nats.js.errors import NoStreamResponseError
 
 from .errors import Unavailable
 from .events import Event, encode
+from .retry import Backoff
 
 __all__ = ["PublishError", "Publisher"]
 
 HDR_MSG_ID = "Nats-Msg-Id"
 HDR_KIND = "Engram-Kind"
+#: The pause before sending unacknowledged publishes again.
+RESEND_BACKOFF = Backoff(initial=0.1, maximum=2.0)
 
 
 class PublishError(Unavailable):
@@ -35,11 +39,13 @@ class Publisher:
         producer: str = "",
         ack_timeout_s: float = 10.0,
         retries: int = 3,
+        backoff: Backoff = RESEND_BACKOFF,
     ) -> None:
         self.js = js
         self.producer = producer
         self.ack_timeout_s = ack_timeout_s
         self.retries = retries
+        self.backoff = backoff
 
     def stamp(self, event: Event) -> Event:
         """Fill the producer into the envelope when the caller left it empty."""
@@ -68,7 +74,9 @@ class Publisher:
         """Publish pre-encoded ``(subject, payload, headers)``; headers must hold a msg id."""
         acks: list[api.PubAck | None] = [None] * len(messages)
         pending = list(range(len(messages)))
-        for _attempt in range(self.retries + 1):
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(self.backoff.delay(attempt - 1))
             futures: dict[asyncio.Future[api.PubAck], int] = {}
             for i in pending:
                 subject, payload, headers = messages[i]

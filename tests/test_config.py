@@ -18,17 +18,17 @@ def test_defaults_are_safe() -> None:
 
 def test_file_then_env_precedence(tmp_path: Path) -> None:
     f = tmp_path / "engram.toml"
-    f.write_text('worker_batch = 7\n\n[nats]\nurl = "nats://file:4222"\nport = 4999\n')
+    f.write_text('worker_max_deliver = 7\n\n[nats]\nurl = "nats://file:4222"\nport = 4999\n')
     s = load_settings(f, environ={"ENGRAM_NATS_URL": "nats://env:4222"})
     assert s.nats_url == "nats://env:4222"  # env beats file
-    assert s.nats_port == 4999 and s.worker_batch == 7  # file beats defaults
+    assert s.nats_port == 4999 and s.worker_max_deliver == 7  # file beats defaults
 
 
 def test_env_values_are_converted() -> None:
     s = load_settings(
-        environ={"ENGRAM_WORKER_CONCURRENCY": "4", "ENGRAM_WORKER_BACKOFF_S": "1, 2.5"}
+        environ={"ENGRAM_WORKER_MAX_DELIVER": "4", "ENGRAM_WORKER_BACKOFF_S": "1, 2.5"}
     )
-    assert s.worker_concurrency == 4 and s.worker_backoff_s == [1.0, 2.5]
+    assert s.worker_max_deliver == 4 and s.worker_backoff_s == [1.0, 2.5]
 
 
 @pytest.mark.parametrize(
@@ -65,3 +65,31 @@ def test_secrets_are_masked_when_shown() -> None:
     text = repr(shown)
     assert "hunter2" not in text and "tok'" not in text and "s3cret" not in text
     assert shown["nats_url"] == "nats://alice:********@host:4222"
+
+
+def test_every_setting_is_read_somewhere() -> None:
+    """A setting nothing reads is a promise the code does not keep: each field of Settings
+    must be used by the code outside engram/config.py (or by a Settings property it uses)."""
+    import inspect
+    import re
+
+    from engram.config import Settings
+
+    properties = [v.fget for v in vars(Settings).values() if isinstance(v, property) and v.fget]
+
+    root = Path(__file__).resolve().parents[1]
+    code = "\n".join(
+        f.read_text()
+        for pkg in ("engram", "streams")
+        for f in (root / pkg).rglob("*.py")
+        if f != root / "engram" / "config.py"
+    ) + "\n".join(inspect.getsource(f) for f in properties)
+    unused = [name for name in Settings.__struct_fields__ if not re.search(rf"\.{name}\b", code)]
+    assert unused == [], f"settings nothing reads: {unused}"
+
+
+def test_removed_worker_settings_are_refused_in_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "engram.toml"
+    f.write_text("[worker]\nbatch = 64\nconcurrency = 2\n")
+    with pytest.raises(ConfigError, match="worker_batch, worker_concurrency"):
+        load_settings(f, environ={})

@@ -6,9 +6,12 @@ import datetime as dt
 import platform
 import signal
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import click
+import msgspec
 from rich.console import Console
 from rich.table import Table
 
@@ -124,14 +127,44 @@ def doctor(ctx: click.Context) -> None:
 @click.command("demo")
 @click.option("--events", default=200, show_default=True, help="How many demo events to publish.")
 @click.option("--no-miner", is_flag=True, help="Only the event-layer part (no model load).")
+@click.option(
+    "--data-dir",
+    "demo_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run in this data dir and keep it (default: a temporary one, removed afterwards).",
+)
 @click.pass_context
-def demo(ctx: click.Context, events: int, no_miner: bool) -> None:
-    """Engram end to end on the embedded defaults: events, worker, replay; then a miner
-    that ingests facts, answers questions and a storage challenge."""
+def demo(ctx: click.Context, events: int, no_miner: bool, demo_dir: str | None) -> None:
+    """Engram end to end: events, a worker, a live projection checked against a rebuild; then
+    a miner that ingests facts, answers questions and a storage challenge.
+
+    Without --data-dir (here or before the command) it runs on its own embedded server in a
+    temporary directory that is removed afterwards; only the model cache is kept, under the
+    configured data dir. Either way the consumers it creates are deleted."""
     from engram.demo import run_demo
 
-    s = get_settings(ctx)
-    result = run_async(run_demo(s, events, miner=not no_miner))
+    obj = ctx.ensure_object(dict)
+    if demo_dir:
+        obj["data_dir"] = demo_dir
+    if obj.get("data_dir"):
+        result = run_async(run_demo(get_settings(ctx), events, miner=not no_miner))
+        result["data_dir"] = str(get_settings(ctx).data_path)
+        result["data_dir_removed"] = False
+        print_json(result)
+        return
+    configured = get_settings(ctx)
+    with tempfile.TemporaryDirectory(prefix="engram-demo-") as tmp:
+        if configured.nats_url:
+            console.print("demo: ignoring ENGRAM_NATS_URL; using a temporary embedded server")
+        # the model is a cache, not state: share the configured data dir's
+        cache = configured.data_path / "cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        (Path(tmp) / "cache").symlink_to(cache, target_is_directory=True)
+        s = msgspec.structs.replace(configured, data_dir=tmp, nats_url=None)
+        result = run_async(run_demo(s, events, miner=not no_miner))
+    result["data_dir"] = tmp
+    result["data_dir_removed"] = not Path(tmp).exists()
     print_json(result)
 
 
