@@ -28,6 +28,7 @@ from rich.progress import Progress
 
 from engram.bus import open_bus
 from engram.config import Settings
+from streams.errors import Unavailable
 from streams.events import DemoNoted, Event
 from streams.projection import Projection, ProjectionRunner
 from streams.replay import replay_raw
@@ -169,7 +170,7 @@ async def _settled(js: Any, durable: str, deadline_s: float) -> None:
         if info.num_pending == 0 and info.num_ack_pending == 0:
             return
         await asyncio.sleep(0.05)
-    raise TimeoutError(f"the demo worker did not finish within {deadline_s} s")
+    raise Unavailable(f"the demo worker did not finish within {deadline_s} s")
 
 
 async def run_bus_demo(
@@ -201,7 +202,7 @@ async def run_bus_demo(
                         fresh += 1
                 # the live projection applies each chunk as it arrives
                 if not await follower.wait_for(max(a.seq for a in acks), timeout=30):
-                    raise TimeoutError("the live projection did not keep up")
+                    raise Unavailable("the live projection did not keep up within 30 s")
                 progress_seen.append(live.count)
                 progress.advance(task, 2 * len(chunk))
         bad = await bus.js.publish(

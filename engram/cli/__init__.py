@@ -13,8 +13,9 @@ import click
 
 from engram.config import ConfigError, Settings, load_settings
 from engram.log import configure_logging
+from streams.errors import EngramError
 
-__all__ = ["main"]
+__all__ = ["EngramGroup", "main"]
 
 T = TypeVar("T")
 
@@ -41,7 +42,18 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, sort_keys=False, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class EngramGroup(click.Group):
+    """A command group whose commands report an Engram error as one line (``Error: ...``,
+    exit 1) instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EngramError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
+@click.group(cls=EngramGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config", type=click.Path(dir_okay=False), help="TOML settings file.")
 @click.option("--data-dir", "data_dir", type=click.Path(file_okay=False), help="Where state lives.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)

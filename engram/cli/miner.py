@@ -11,17 +11,21 @@ import asyncio
 import json
 import sys
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
 
+from engram.cli import EngramGroup
 from engram.config import ConfigError, Settings, load_settings
 from engram.log import configure_logging
+from streams.errors import Unavailable
 
 __all__ = ["index", "ingest", "miner", "query", "register", "standalone"]
 
-DEFAULT_URL = "http://127.0.0.1:8091"
+_stderr = Console(stderr=True)  # progress and notes; stdout carries only the JSON answer
 
 
 def _settings(ctx: click.Context, data_dir: str | None = None) -> Settings:
@@ -94,36 +98,100 @@ def miner_worker(ctx: click.Context, data_dir: str | None) -> None:
 # --- ingest / query ---------------------------------------------------------------------
 
 
-def _items(source: str, metadata: dict[str, Any], namespace: str) -> Iterator[dict[str, Any]]:
+def _miner_url(s: Settings, url: str | None) -> str:
+    """``--url`` if given, else the axon of ``ENGRAM_MINER_HOST``/``ENGRAM_MINER_PORT``."""
+    if url:
+        return url
+    host = s.miner_host
+    if host in ("0.0.0.0", "::", ""):  # a wildcard bind: reach it on loopback
+        host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{s.miner_port}"
+
+
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=option) from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint=option)
+    return value
+
+
+@dataclass
+class Item:
+    """One memory to send, and where it came from (a file, or a file and line)."""
+
+    source: str
+    body: dict[str, Any]
+    line: int | None = None
+
+
+@dataclass
+class FileResult:
+    source: str
+    stored: int = 0
+    accepted: int = 0
+    failed: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def fail(self, item: Item | None, reason: str) -> None:
+        self.failed += 1
+        if len(self.errors) < 20:  # a whole bad file does not flood the report
+            where = {"line": item.line} if item is not None and item.line else {}
+            self.errors.append({**where, "error": reason})
+
+
+def _jsonl_items(f: Path, metadata: dict[str, Any], namespace: str) -> Iterator[Item]:
+    for n, line in enumerate(f.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{f}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise click.ClickException(f"{where}: not JSON: {exc}") from None
+        if isinstance(row, str):
+            row = {"text": row}
+        if not isinstance(row, dict):
+            raise click.ClickException(f"{where}: a row must be a string or a JSON object")
+        if not isinstance(row.get("text"), str):
+            raise click.ClickException(f'{where}: "text" must be a string')
+        extra = row.get("metadata") or {}
+        if not isinstance(extra, dict):
+            raise click.ClickException(f'{where}: "metadata" must be a JSON object')
+        ns = row.get("namespace") or namespace
+        if not isinstance(ns, str):
+            raise click.ClickException(f'{where}: "namespace" must be a string')
+        body = {"text": row["text"], "metadata": {**metadata, **extra}, "namespace": ns}
+        yield Item(str(f), body, n)
+
+
+def _items(source: str, metadata: dict[str, Any], namespace: str) -> Iterator[Item | FileResult]:
     """TEXT, a text file (one memory), a directory (each file), or JSONL (one per line:
-    a string or an object with text/metadata/namespace)."""
+    a string or an object with text/metadata/namespace). A file that cannot be read as
+    text is yielded as a failed :class:`FileResult`."""
     path = Path(source)
     if not path.exists():
-        yield {"text": source, "metadata": metadata, "namespace": namespace}
+        yield Item("<text>", {"text": source, "metadata": metadata, "namespace": namespace})
         return
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
         if f.suffix in (".jsonl", ".ndjson"):
-            for n, line in enumerate(f.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise click.ClickException(f"{f}:{n}: not JSON: {exc}") from None
-                if isinstance(row, str):
-                    row = {"text": row}
-                yield {
-                    "text": row.get("text"),
-                    "metadata": {**metadata, **(row.get("metadata") or {})},
-                    "namespace": row.get("namespace") or namespace,
-                }
-        else:
-            try:
-                text = f.read_text()
-            except UnicodeDecodeError:
-                continue  # binary file in a directory
-            yield {"text": text, "metadata": {**metadata, "source": str(f)}, "namespace": namespace}
+            yield from _jsonl_items(f, metadata, namespace)
+            continue
+        try:
+            text = f.read_text()
+        except (UnicodeDecodeError, OSError) as exc:
+            bad = FileResult(str(f))
+            reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            bad.fail(None, reason)
+            yield bad
+            continue
+        meta = {**metadata, "source": str(f)}
+        yield Item(str(f), {"text": text, "metadata": meta, "namespace": namespace})
 
 
 def _caller_key(ctx: click.Context) -> Any:
@@ -138,43 +206,75 @@ def _caller_key(ctx: click.Context) -> Any:
         return None
 
 
+class _Busy(Unavailable):
+    """The miner answered 503 (its bus is down, or it is at its request limit)."""
+
+
+async def _send(axon: Any, chunk: list[Item], wait: bool, results: dict[str, FileResult]) -> None:
+    """Send one batch; an invalid item is reported against its file and the rest are sent
+    again without it; a body the miner finds too large is split."""
+    from streams.retry import Backoff, retry
+
+    async def post() -> tuple[int, dict[str, Any]]:
+        payload = {"items": [i.body for i in chunk], "wait": wait, "timeout_s": 60}
+        status, body = await axon.post("/IngestBatch", payload)
+        if status == 503:
+            raise _Busy(str(body.get("error") or "HTTP 503"))
+        return status, body
+
+    try:
+        status, body = await retry(
+            post, what="ingest batch", retry_on=(_Busy,), backoff=Backoff(0.5), attempts=5
+        )
+    except _Busy as exc:
+        status, body = 503, {"error": str(exc)}
+    if status < 400:
+        for item, res in zip(chunk, body.get("results") or [], strict=False):
+            r = results[item.source]
+            r.stored += res.get("status") == "stored"
+            r.accepted += res.get("status") == "accepted"
+            if res.get("status") == "rejected":
+                r.fail(item, str(res.get("error")))
+        return
+    invalid = {d["index"]: d["error"] for d in body.get("items") or [] if "index" in d}
+    if status == 400 and invalid:
+        for i, reason in invalid.items():
+            results[chunk[i].source].fail(chunk[i], reason)
+        rest = [item for i, item in enumerate(chunk) if i not in invalid]
+        if rest:
+            await _send(axon, rest, wait, results)
+        return
+    if status == 413 and len(chunk) > 1:
+        half = len(chunk) // 2
+        await _send(axon, chunk[:half], wait, results)
+        await _send(axon, chunk[half:], wait, results)
+        return
+    reason = str(body.get("error") or f"HTTP {status}")
+    for item in chunk:
+        results[item.source].fail(item, reason)
+
+
 async def _ingest(
-    url: str, items: list[dict[str, Any]], batch: int, wait: bool, key: Any = None
-) -> dict[str, Any]:
+    url: str, items: list[Item], batch: int, wait: bool, key: Any, results: dict[str, FileResult]
+) -> None:
     import aiohttp
     from rich.progress import Progress
 
     from engram.miner.client import AxonClient
 
-    stored = accepted = failed = 0
-    errors: list[str] = []
     async with aiohttp.ClientSession(base_url=url) as http:
         axon = AxonClient(http, key)
-        with Progress(transient=False) as bar:
+        with Progress(console=_stderr, transient=True) as bar:
             task = bar.add_task("ingesting", total=len(items))
             for start in range(0, len(items), batch):
                 chunk = items[start : start + batch]
-                status, body = await axon.post(
-                    "/IngestBatch", {"items": chunk, "wait": wait, "timeout_s": 60}
-                )
-                if status >= 400:
-                    failed += len(chunk)
-                    detail = body.get("items") or []
-                    errors.append(
-                        body.get("error", "")
-                        + "".join(f"; item {start + d['index']}: {d['error']}" for d in detail[:5])
-                    )
-                else:
-                    for res in body["results"]:
-                        stored += res["status"] == "stored"
-                        accepted += res["status"] == "accepted"
+                await _send(axon, chunk, wait, results)
                 bar.advance(task, len(chunk))
-    return {"stored": stored, "accepted": accepted, "failed": failed, "errors": errors}
 
 
 @click.command("ingest")
 @click.argument("source")
-@click.option("--url", default=DEFAULT_URL, show_default=True, help="The miner's axon.")
+@click.option("--url", default=None, help="The miner's axon [default: ENGRAM_MINER_HOST:PORT].")
 @click.option("--namespace", default="public", show_default=True)
 @click.option("--metadata", "metadata_json", default="{}", help="JSON object added to each.")
 @click.option("--batch", default=64, show_default=True)
@@ -183,27 +283,44 @@ async def _ingest(
 def ingest(
     ctx: click.Context,
     source: str,
-    url: str,
+    url: str | None,
     namespace: str,
     metadata_json: str,
     batch: int,
     no_wait: bool,
 ) -> None:
-    """Remember TEXT, a FILE, every file of a DIR, or each line of a JSONL file."""
-    try:
-        metadata = json.loads(metadata_json)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--metadata") from None
-    items = list(_items(source, metadata, namespace))
-    if not items:
+    """Remember TEXT, a FILE, every file of a DIR, or each line of a JSONL file.
+
+    Prints one JSON object: totals, and per file what was stored, accepted (will be stored)
+    or failed with the reason (the line for JSONL). Exits 1 if anything failed."""
+    metadata = _json_object(metadata_json, "--metadata")
+    url = _miner_url(_settings(ctx), url)
+    items: list[Item] = []
+    results: dict[str, FileResult] = {}
+    for x in _items(source, metadata, namespace):
+        if isinstance(x, FileResult):
+            results[x.source] = x
+        else:
+            results.setdefault(x.source, FileResult(x.source))
+            items.append(x)
+    if not results:
         raise click.ClickException(f"nothing to ingest in {source}")
     try:
         key = _caller_key(ctx)
-        result = asyncio.run(_ingest(url, items, max(1, min(batch, 1000)), not no_wait, key))
+        asyncio.run(_ingest(url, items, max(1, min(batch, 1000)), not no_wait, key, results))
     except OSError as exc:
         raise click.ClickException(f"cannot reach the miner at {url}: {exc}") from None
-    _echo_json(result)
-    if result["failed"]:
+    files = list(results.values())
+    out = {
+        "stored": sum(r.stored for r in files),
+        "accepted": sum(r.accepted for r in files),
+        "failed": sum(r.failed for r in files),
+        "files": [
+            {k: v for k, v in asdict(r).items() if v or k in ("source", "failed")} for r in files
+        ],
+    }
+    _echo_json(out)
+    if out["failed"]:
         sys.exit(1)
 
 
@@ -218,16 +335,16 @@ async def _query(url: str, body: dict[str, Any], key: Any = None) -> tuple[int, 
 
 @click.command("query")
 @click.argument("text")
-@click.option("--url", default=DEFAULT_URL, show_default=True)
+@click.option("--url", default=None, help="The miner's axon [default: ENGRAM_MINER_HOST:PORT].")
 @click.option("--top-k", default=10, show_default=True)
 @click.option("--namespace", default="public", show_default=True)
 @click.option("--filter", "filter_json", default=None, help="JSON object: metadata equality.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the miner's answer as JSON.")
 @click.pass_context
 def query(
     ctx: click.Context,
     text: str,
-    url: str,
+    url: str | None,
     top_k: int,
     namespace: str,
     filter_json: str | None,
@@ -235,14 +352,15 @@ def query(
 ) -> None:
     """Semantic search: the TOP_K memories closest to TEXT."""
     body: dict[str, Any] = {"query_text": text, "top_k": top_k, "namespace": namespace}
-    if filter_json:
-        body["filter"] = json.loads(filter_json)
+    if filter_json is not None:
+        body["filter"] = _json_object(filter_json, "--filter")
+    url = _miner_url(_settings(ctx), url)
     try:
         status, res = asyncio.run(_query(url, body, _caller_key(ctx)))
     except OSError as exc:
         raise click.ClickException(f"cannot reach the miner at {url}: {exc}") from None
     if status != 200:
-        raise click.ClickException(res.get("error") or f"HTTP {status}")
+        raise click.ClickException(str(res.get("error") or f"HTTP {status}"))
     if as_json:
         _echo_json(res)
         return
@@ -307,7 +425,7 @@ def register(main: click.Group) -> None:
         main.add_command(cmd)
 
 
-@click.group()
+@click.group(cls=EngramGroup)
 @click.option("--config", "config", type=click.Path(dir_okay=False))
 @click.option("--data-dir", "data_dir", type=click.Path(file_okay=False))
 @click.option("--log-level", default=None)
