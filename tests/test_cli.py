@@ -171,3 +171,11 @@ def test_ingest_and_query_follow_the_miner_host_and_port_settings(tmp_path: Path
         assert r.exit_code == 1, r.output
         assert f"cannot reach the miner at http://127.0.0.1:{port}" in r.output
         assert "Traceback" not in r.output
+
+
+def test_errors_from_the_bus_are_one_line(tmp_path: Path) -> None:
+    r = engram("replay", "NOSUCH", data_dir=tmp_path)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    [line] = [x for x in r.stderr.splitlines() if x.startswith("Error:")]
+    assert "NotFoundError" in line

@@ -42,15 +42,24 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, sort_keys=False, default=str))
 
 
+def _reported(exc: BaseException) -> bool:
+    """Errors of ours or of what we talk to (the bus, the network, files): one line for the
+    user. Anything else is a bug and keeps its traceback."""
+    return isinstance(exc, EngramError | OSError) or type(exc).__module__.startswith("nats.")
+
+
 class EngramGroup(click.Group):
-    """A command group whose commands report an Engram error as one line (``Error: ...``,
-    exit 1) instead of a traceback."""
+    """A command group whose commands report an error as one line (``Error: ...``, exit 1)
+    instead of a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except EngramError as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:
+            if not _reported(exc):
+                raise
+            text = str(exc) or type(exc).__name__
+            raise click.ClickException(f"{type(exc).__name__}: {text}"[:500]) from None
 
 
 @click.group(cls=EngramGroup, context_settings={"help_option_names": ["-h", "--help"]})
