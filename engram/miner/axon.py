@@ -363,10 +363,10 @@ class Axon:
             raise Invalid("items must be a non-empty list of ingest requests")
         if len(items) > MAX_BATCH_ITEMS:
             raise TooLarge(f"{len(items)} items; the limit is {MAX_BATCH_ITEMS} per batch")
-        wait = _field(body, "wait", True)
+        wait = body.get("wait", True)
         if not isinstance(wait, bool):
             raise Invalid("wait must be true or false")
-        timeout = _field(body, "timeout_s", self.ingest_wait_s)
+        timeout = body.get("timeout_s", self.ingest_wait_s)
         if reason := check_timeout(timeout):
             raise Invalid(reason)
         events, errors = [], []
@@ -471,7 +471,9 @@ class Axon:
         """The challenge in ``body`` and its proof version, or the refusal."""
         cid = body.get("cid")
         nonce = body.get("nonce_hex")
-        version = body.get("version", body.get("proof_version", 2))
+        version = body.get("version", body.get("proof_version"))
+        if version is None:  # the seeds' challenge has no version and no hotkey: it is v1
+            version = 2 if "validator_hotkey_hex" in body else 1
         hotkey = body.get("validator_hotkey_hex")
         expires_at = body.get("expires_at")
         if not isinstance(cid, str) or not cid:
@@ -607,7 +609,8 @@ def make_app(axon: Axon, auth: AxonAuth | None = None) -> web.Application:
     ) -> web.StreamResponse:
         """Outermost: every exception becomes a JSON response, every response is counted."""
         resource = request.match_info.route.resource
-        endpoint = resource.canonical if resource is not None else "?"
+        # a bounded label: the route's template, never the raw path
+        endpoint = resource.canonical if resource is not None else "unmatched"
         t0 = time.perf_counter()
         try:
             resp = await handler(request)

@@ -167,5 +167,9 @@ def check_timeout(value: Any) -> str | None:
 
 
 def short_reason(reason: str, limit: int = 200) -> str:
-    """A reason capped at ``limit`` characters (reasons may quote the caller's input)."""
-    return reason if len(reason) <= limit else f"{reason[: limit - 1]}…"
+    """``reason`` capped at about ``limit`` characters, keeping its start and its end (a
+    reason may quote a large input in its middle: "integer 999…999 is outside …")."""
+    if len(reason) <= limit:
+        return reason
+    tail = limit // 3
+    return f"{reason[: limit - tail - 1]}…{reason[-tail:]}"
