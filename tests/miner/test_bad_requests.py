@@ -10,6 +10,7 @@ work and that ``/metrics`` counted the refusals.
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import pytest
 import pytest_asyncio
 
 from engram.config import Settings
-from engram.miner.limits import MAX_BODY_BYTES
+from engram.miner.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH, check_json_depth
 from engram.miner.node import MinerNode, cache_dir
 from engram.natsd import EmbeddedNats
 
@@ -566,3 +567,52 @@ async def test_refusals_are_counted_by_status_in_metrics(client: aiohttp.ClientS
         endpoint = "unmatched" if status == 405 else case.path  # no route for the method
         key = f'engram_axon_requests_total{{endpoint="{endpoint}",status="{status}"}}'
         assert after.get(key, 0) - before.get(key, 0) == 1, (key, after)
+
+
+def json_depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((json_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((json_depth(v) for v in value), default=0)
+    return 0
+
+
+def random_json(rng: random.Random, depth: int) -> Any:
+    """A spine of up to ``depth`` nested containers with leaf siblings whose strings are
+    full of brackets, quotes and backslashes."""
+    tricky = ['"', "\\\\", "[", "]", "{", "}", '\\"', "a", "é", "\\u005b"]
+
+    def text() -> str:
+        return "".join(rng.choice(tricky) for _ in range(rng.randrange(8)))
+
+    if depth == 0 or rng.random() < 0.03:
+        return text()
+    items = [text() for _ in range(rng.randrange(3))]
+    items.insert(rng.randrange(len(items) + 1), random_json(rng, depth - 1))
+    if rng.random() < 0.5:
+        return items
+    return {text() + str(i): v for i, v in enumerate(items)}
+
+
+async def test_the_depth_check_agrees_with_the_parsed_depth() -> None:
+    rng = random.Random(20261122)
+    for _ in range(400):
+        doc = random_json(rng, rng.randrange(1, 90))
+        text = json.dumps(doc, ensure_ascii=rng.random() < 0.5).encode()
+        limit = rng.randrange(1, 90)
+        refused = check_json_depth(text, limit) is not None
+        assert refused == (json_depth(doc) > limit), (json_depth(doc), limit, text[:200])
+
+
+async def test_the_depth_check_limits_and_strings() -> None:
+    at_limit = b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH
+    assert check_json_depth(at_limit) is None
+    assert "nests 73" in (check_json_depth(b"[" + at_limit + b"]") or "")
+    in_string = json.dumps({"text": "[" * 10_000 + '\\"{{{' * 100}).encode()
+    assert check_json_depth(in_string) is None
+    escaped_then_deep = b'{"a":"\\\\","b":' + deep_array(200) + b"}"
+    assert "nests 201" in (check_json_depth(escaped_then_deep) or "")
+    # bodies with very many strings take another path: same answers
+    many = json.dumps([["[", '\\"{'] * 25_000]).encode()
+    assert check_json_depth(many) is None
+    assert "nests 101" in (check_json_depth(many[:-1] + b"," + deep_array(100) + b"]") or "")
