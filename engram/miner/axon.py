@@ -33,6 +33,8 @@ import msgspec
 import numpy as np
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -245,7 +247,11 @@ class Axon:
             raise UnsupportedMediaType(
                 f"charset {short(charset, 40)} is not supported; send UTF-8 JSON"
             )
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except (RequestPayloadError, HttpProcessingError) as exc:  # e.g. a bad gzip body
+            cause = exc.__cause__ if isinstance(exc, RequestPayloadError) else exc
+            raise Invalid(f"the body could not be read: {short(str(cause), 80)}") from None
         if not raw.strip():
             raise Invalid("the body is empty; send a JSON object")
         if len(raw) > _PARSE_INLINE_BYTES:

@@ -9,6 +9,7 @@ work and that ``/metrics`` counted the refusals.
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import time
@@ -152,6 +153,23 @@ def body_cases() -> list[Case]:
                 415,
                 "charset",
                 {"Content-Type": "application/json; charset=latin-1"},
+                False,
+            ),
+            ("ctype-garbage", good, 415, "application/json", {"Content-Type": ";;;=="}, False),
+            (
+                "gzip-garbage",
+                b"this is not gzip",
+                400,
+                "could not be read",
+                {"Content-Type": JSON, "Content-Encoding": "gzip"},
+                False,
+            ),
+            (
+                "gzip-bomb",
+                gzip.compress(b'{"x":"' + b"0" * (MAX_BODY_BYTES + 10) + b'"}'),
+                413,
+                "larger than",
+                {"Content-Type": JSON, "Content-Encoding": "gzip"},
                 False,
             ),
             (
