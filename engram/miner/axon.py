@@ -71,12 +71,14 @@ __all__ = [
     "MAX_CHALLENGE_AHEAD_S",
     "STATUS",
     "Axon",
+    "Busy",
     "Conflict",
     "Expired",
     "Invalid",
     "NotFound",
     "Refused",
     "TooLarge",
+    "Unreadable",
     "UnsupportedMediaType",
     "make_app",
     "status_of",
@@ -111,11 +113,16 @@ class Refused(InputError):
 
 class _Typed(Refused):
     def __init__(self, reason: str) -> None:
-        super().__init__(STATUS[type(self)], reason)
+        super().__init__(_status_of_type(type(self)), reason)
 
 
 class Invalid(_Typed):
     """The request is malformed or a value is out of range."""
+
+
+class Unreadable(Invalid):
+    """The body could not be read (a broken compressed stream): the connection is closed
+    after the answer, since what is left of the body cannot be skipped reliably."""
 
 
 class NotFound(_Typed):
@@ -146,6 +153,7 @@ class Busy(_Typed):
 #: listed takes the status of its nearest listed base class; anything else is a 500.
 STATUS: dict[type[BaseException], int] = {
     Invalid: 400,
+    Unreadable: 400,
     NotFound: 404,
     Conflict: 409,
     Expired: 410,
@@ -159,14 +167,16 @@ STATUS: dict[type[BaseException], int] = {
 }
 
 
-def status_of(exc: BaseException) -> int:
-    """The HTTP status for ``exc``: its own for :class:`Refused`, else :data:`STATUS`."""
-    if isinstance(exc, Refused):
-        return exc.status
-    for cls in type(exc).__mro__:
+def _status_of_type(kind: type[BaseException]) -> int:
+    for cls in kind.__mro__:
         if cls in STATUS:
             return STATUS[cls]
     return 500
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status for ``exc``: its own for :class:`Refused`, else :data:`STATUS`."""
+    return exc.status if isinstance(exc, Refused) else _status_of_type(type(exc))
 
 
 def _is_hex(value: Any, nbytes: int) -> bool:
@@ -251,7 +261,7 @@ class Axon:
             raw = await request.read()
         except (RequestPayloadError, HttpProcessingError) as exc:  # e.g. a bad gzip body
             cause = exc.__cause__ if isinstance(exc, RequestPayloadError) else exc
-            raise Invalid(f"the body could not be read: {short(str(cause), 80)}") from None
+            raise Unreadable(f"the body could not be read: {short(str(cause), 80)}") from None
         if not raw.strip():
             raise Invalid("the body is empty; send a JSON object")
         if len(raw) > _PARSE_INLINE_BYTES:
@@ -622,6 +632,7 @@ def make_app(axon: Axon, auth: AxonAuth | None = None) -> web.Application:
             resp = await handler(request)
         except web.HTTPRequestEntityTooLarge:
             resp = _error_response(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+            resp.force_close()  # the rest of the body is not read
         except web.HTTPException as exc:  # aiohttp's own: unknown route, wrong method, ...
             resp = _error_response(exc.status, exc.reason, exc.headers)
         except Exception as exc:
@@ -631,6 +642,8 @@ def make_app(axon: Axon, auth: AxonAuth | None = None) -> web.Application:
                 resp = _error_response(500, "internal error; the miner logged the cause")
             else:
                 resp = _error_response(status, short_reason(str(exc)), _retry_after(exc))
+                if isinstance(exc, Unreadable):
+                    resp.force_close()
         axon.m_requests.labels(endpoint, str(resp.status)).inc()
         axon.m_latency.labels(endpoint).observe(time.perf_counter() - t0)
         return resp

@@ -16,12 +16,14 @@ import engram.core as core
 from engram.miner.axon import (
     MAX_CHALLENGE_AHEAD_S,
     STATUS,
+    Busy,
     Conflict,
     Expired,
     Invalid,
     NotFound,
     Refused,
     TooLarge,
+    Unreadable,
     UnsupportedMediaType,
     make_app,
     status_of,
@@ -210,7 +212,9 @@ def test_each_refusal_type_has_one_status():
     assert issubclass(Refused, InputError)
     expected = {
         Invalid: 400,
+        Unreadable: 400,
         NotFound: 404,
+        Busy: 503,
         Conflict: 409,
         Expired: 410,
         TooLarge: 413,

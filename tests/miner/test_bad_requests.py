@@ -542,7 +542,10 @@ async def test_after_the_table_the_miner_still_ingests_and_answers(
     client: aiohttp.ClientSession, edge_node: MinerNode
 ) -> None:
     for case in CASES[:: max(1, len(CASES) // 20)]:  # a sample again, in this test's order
-        status, _, _ = await send(client, case)
+        try:
+            status, _, _ = await send(client, case)
+        except Exception as exc:
+            raise AssertionError(case.id) from exc
         assert status == case.status
     async with client.post(
         "/IngestSynapse", json={"text": "volcanoes erupt molten rock", "metadata": {"n": 1}}
