@@ -9,6 +9,7 @@ import time
 import aiohttp
 import numpy as np
 import pytest
+import structlog.testing
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -200,9 +201,13 @@ async def test_unexpected_errors_are_json_500s_and_counted(node: MinerNode):
 
     app.router.add_get("/broken", broken)
     async with TestServer(app) as server, aiohttp.ClientSession(base_url=server.make_url("/")) as c:
-        async with c.get("/broken") as r:
-            body = await r.json()
+        with structlog.testing.capture_logs() as logs:
+            async with c.get("/broken") as r:
+                body = await r.json()
         assert r.status == 500 and "secret" not in body["error"] and body["error"]
+        failed = [e for e in logs if e["event"] == "axon request failed"]
+        assert failed and failed[0]["log_level"] == "error" and failed[0].get("exc_info")
+        assert failed[0]["endpoint"] == "/broken"
         async with c.get("/metrics") as r:
             text = await r.text()
     assert 'engram_axon_requests_total{endpoint="/broken",status="500"} 1.0' in text

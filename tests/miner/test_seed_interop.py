@@ -24,7 +24,7 @@ import aiohttp
 import msgspec
 import pytest
 
-from engram.config import Settings
+from engram.config import ConfigError, Settings, load_settings
 from engram.miner.embedder import (
     DEFAULT_MODEL_ID,
     MODEL_SHA256,
@@ -165,3 +165,17 @@ def test_the_packaged_weights_are_pinned_by_sha256(model_cache: Path, tmp_path: 
     shutil.copy(folder / ".sha256-verified", forged / ".sha256-verified")
     with pytest.raises(EmbedderError, match="not the pinned model"):
         verify_model_file(forged / "model.onnx")
+
+
+def test_v1_proofs_are_an_operator_setting(tmp_path: Path):
+    empty = tmp_path / "engram.toml"
+    empty.write_text("")
+
+    def load(env: dict[str, str]) -> Settings:
+        return load_settings(empty, environ=env, data_dir=str(tmp_path))
+
+    assert load({}).axon_proof_versions == [2]
+    assert load({"ENGRAM_AXON_PROOF_VERSIONS": "1,2"}).axon_proof_versions == [1, 2]
+    for bad in ("3", "", "0,2"):
+        with pytest.raises(ConfigError, match="axon_proof_versions"):
+            load({"ENGRAM_AXON_PROOF_VERSIONS": bad})
