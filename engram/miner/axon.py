@@ -95,7 +95,11 @@ MAX_LIVE_NONCES = 100_000
 #: bodies larger than this are depth-checked and parsed off the event loop
 _PARSE_INLINE_BYTES = 64 * 1024
 _DECODER = msgspec.json.Decoder()
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+# a high surrogate escape without a low one after it, or a low one without a high before
+_LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
 _UTF8 = frozenset({"utf-8", "utf8"})
 
 
@@ -199,10 +203,10 @@ def _parse_object(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise Invalid("the body is not valid UTF-8") from None
     except (msgspec.DecodeError, RecursionError) as exc:
-        if _SURROGATE_ESCAPE.search(raw):
+        if _LONE_SURROGATE.search(raw):
             raise Invalid(
                 "the body is not valid JSON text: it holds a UTF-16 surrogate escape "
-                "(\\ud800-\\udfff) that is not part of a valid pair"
+                "(\\ud800-\\udfff) that is not part of a pair"
             ) from None
         raise Invalid(f"the body is not valid JSON ({short_reason(str(exc), 80)})") from None
     if not isinstance(body, dict):
@@ -397,7 +401,7 @@ class Axon:
             return web.json_response(
                 {
                     "error": f"{len(errors)} invalid item(s); nothing was ingested",
-                    "items": errors[:20],
+                    "items": errors,
                 },
                 status=400,
             )
