@@ -226,6 +226,7 @@ class Axon:
     #: storage-proof versions answered (``axon_proof_versions``); v1 is the seeds' scheme
     proof_versions: Iterable[int] = (2,)
     nonces: _core.NonceStore = field(default_factory=_core.NonceStore)
+    max_live_nonces: int = MAX_LIVE_NONCES
 
     def __post_init__(self) -> None:
         self.proof_versions = frozenset(self.proof_versions)
@@ -466,12 +467,12 @@ class Axon:
         rec = await asyncio.to_thread(self.store.get, ch.cid)
         if rec is None:
             raise NotFound(f"unknown CID {short(ch.cid)}")
-        if len(self.nonces) >= MAX_LIVE_NONCES:
-            raise Busy(f"{MAX_LIVE_NONCES} challenges are live; retry when some expire")
         try:  # each challenge is answered once (docs/protocol.md, "Verification")
-            self.nonces.consume(ch.nonce_hex, ch.expires_at)
+            self.nonces.consume(ch.nonce_hex, ch.expires_at)  # (forgets expired ones first)
         except _core.ChallengeReplayed:
             raise Conflict("this challenge nonce was already answered") from None
+        if len(self.nonces) > self.max_live_nonces:  # a flood: refuse until some expire
+            raise Busy(f"{self.max_live_nonces} challenges are live; retry when some expire")
         ehash = _core.embedding_hash(rec.vector)
         if version == 1:
             proof = _core.proof_v1(ch.nonce_hex, ehash)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -138,6 +139,26 @@ async def test_challenges_v2_verify_once_and_v1_is_off_by_default(http: aiohttp.
     # a refused challenge did not use its nonce up
     async with http.post("/ChallengeSynapse", json={**v1.as_dict(), "version": 2}) as r:
         assert r.status == 200
+
+
+async def test_the_nonce_store_is_bounded_and_drains(http: aiohttp.ClientSession, node: MinerNode):
+    assert node.axon is not None
+    cid = (await ingest(http, DOCS[0]))["cid"]
+    node.axon.max_live_nonces = 1
+
+    async def ask(ttl: int) -> aiohttp.ClientResponse:
+        body = {**core.new_challenge(cid, "ef" * 32, ttl_s=ttl).as_dict(), "version": 2}
+        async with http.post("/ChallengeSynapse", json=body) as r:
+            await r.read()
+            return r
+
+    first = await ask(2)
+    assert first.status == 200
+    full = await ask(2)  # over the bound: refused (its nonce is used up all the same)
+    assert full.status == 503 and int(full.headers["Retry-After"]) > 0
+    await asyncio.sleep(3.5)  # both have expired and are forgotten at the next challenge
+    assert (await ask(60)).status == 200
+    assert (await ask(60)).status == 503
 
 
 async def test_challenge_expiry_must_be_finite_and_near(http: aiohttp.ClientSession):
