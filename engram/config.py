@@ -22,7 +22,7 @@ __all__ = ["ConfigError", "Settings", "load_settings"]
 
 SECRET_FIELDS = frozenset({"nats_password", "nats_token", "nats_nkey_seed", "miner_hotkey_seed"})
 # list settings given in the environment as comma-separated values
-_LIST_FIELDS = ("worker_backoff_s", "axon_validators")
+_LIST_FIELDS = ("worker_backoff_s", "axon_validators", "axon_proof_versions")
 _SS58_CHARS = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
 
 
@@ -77,6 +77,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     axon_auth: str = "auto"  # auto | signed | open
     axon_validators: list[str] = msgspec.field(default_factory=list)  # ss58s that may challenge
     axon_min_stake: float = 0.0  # ingest needs this stake; 0 = off (needs a chain registry)
+    # storage-proof versions the axon answers; add 1 for validators following the seeds
+    axon_proof_versions: list[int] = msgspec.field(default_factory=lambda: [2])
     miner_hotkey_seed: str | None = None  # mnemonic, secret URI or 0x-hex seed
     miner_hotkey_file: str | None = None  # a bittensor hotkey file; else <data_dir>/keys/
     client_hotkey_file: str | None = None  # signs ingest/query; else <data_dir>/keys/
@@ -102,6 +104,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError("axon_auth: must be auto, signed or open")
         if self.axon_min_stake < 0:
             raise ConfigError("axon_min_stake: must be >= 0")
+        if not self.axon_proof_versions or not set(self.axon_proof_versions) <= {1, 2}:
+            raise ConfigError("axon_proof_versions: one or both of 1, 2 (e.g. 1,2)")
         for hotkey in self.axon_validators:
             if not 46 <= len(hotkey) <= 48 or not set(hotkey) <= _SS58_CHARS:
                 raise ConfigError(f"axon_validators: {hotkey!r} is not an ss58 address")

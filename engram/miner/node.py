@@ -127,6 +127,7 @@ class MinerNode:
             producer=s.producer,
             ingest_wait_s=self.ingest_wait_s,
             extra_stats=self._extra_stats,
+            proof_versions=s.axon_proof_versions,
         )
         auth = await asyncio.to_thread(build_auth, s, self.host)  # btauth/1 (engram.miner.auth)
         self._site_runner = web.AppRunner(make_app(self.axon, auth), access_log=None)

@@ -75,7 +75,7 @@ class EmbedHandler:
                 f"model_version {ev.model_version!r} is not served by this miner "
                 f"(it embeds with {self.embedder.model_version!r})"
             )
-        return check_ingest(ev.text, ev.metadata, ev.namespace)
+        return check_ingest(ev.text, ev.metadata, ev.namespace, self.embedder.model_version)
 
     async def __call__(self, deliveries: list[Delivery]) -> None:
         good: list[Delivery] = []
