@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -27,10 +29,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from engram import core as _core
 from streams.errors import InputError
-from streams.events import Embedded, IngestRequested
+from streams.events import Embedded, IngestRequested, request_key
 from streams.publisher import Publisher
 
-from .auth import AUTH_KEY, AxonAuth
+from .auth import AUTH_KEY, AxonAuth, caller_of
 from .embedder import Embedder
 from .limits import (
     MAX_BATCH_ITEMS,
@@ -43,7 +45,7 @@ from .limits import (
     check_vector,
 )
 from .projection import StoreRunner
-from .store import ApplyResult, MemoryStore
+from .store import ApplyResult, MemoryStore, RequestStatus, StoreError
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Middleware
@@ -51,6 +53,26 @@ if TYPE_CHECKING:
 __all__ = ["Axon", "make_app"]
 
 _HEX64 = frozenset("0123456789abcdefABCDEF")
+#: An unsigned client may name its own request-id scope with this header (open mode).
+SCOPE_HEADER = "X-Engram-Scope"
+_SCOPE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+ANONYMOUS = "anonymous"
+
+
+def caller_scope(request: web.Request) -> str:
+    """Whose request ids these are: the btauth hotkey that signed the request, else
+    ``anonymous`` (or ``anonymous:<X-Engram-Scope>`` when an unsigned client names one)."""
+    hotkey = caller_of(request)
+    if hotkey:
+        return hotkey
+    scope = request.headers.get(SCOPE_HEADER)
+    if scope is None:
+        return ANONYMOUS
+    if not _SCOPE.fullmatch(scope):
+        raise Refused(400, f"{SCOPE_HEADER} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+    return f"{ANONYMOUS}:{scope}"
+
+
 AXON_KEY: web.AppKey[Axon] = web.AppKey("axon")
 
 
@@ -170,27 +192,75 @@ class Axon:
         )
 
     async def _submit(
-        self, events: list[Embedded | IngestRequested], wait_s: float
+        self, events: list[Embedded | IngestRequested], wait_s: float, caller: str = ANONYMOUS
     ) -> list[ApplyResult | None]:
-        rids = [e.request_id for e in events]
-        futs = [self.runner.expect(r) for r in rids]
+        """Publish ingest events under the caller's request-id scope and wait (bounded) for
+        each to be stored or rejected; None for one still pending."""
+        scoped: list[Embedded | IngestRequested] = [
+            msgspec.structs.replace(e, caller=caller, request_kind="raw")
+            if isinstance(e, Embedded)
+            else msgspec.structs.replace(e, caller=caller)
+            for e in events
+        ]
+        for e in scoped:
+            if not self.store.accepts_namespace(e.namespace):
+                raise Refused(
+                    409,
+                    f"this miner holds its limit of {self.store.max_namespaces} namespaces; "
+                    f"{e.namespace!r} would be a new one",
+                )
+        keys = [e.request_key() for e in scoped]
+        futs = [self.runner.expect(k) for k in keys]
         try:
-            acks = await self.publisher.publish_many(events)
+            acks = await self.publisher.publish_many(scoped)
             results = await self._wait_stored(
                 [f for f, a in zip(futs, acks, strict=True) if not a.duplicate], wait_s
             )
             it = iter(results)
             out: list[ApplyResult | None] = []
-            for ev, ack in zip(events, acks, strict=True):
-                if ack.duplicate:  # the same request id was already published
-                    cid = await asyncio.to_thread(self.store.find_request, ev.request_id)
-                    out.append(ApplyResult(0, "duplicate", cid, ev.request_id) if cid else None)
+            for ev, key, ack in zip(scoped, keys, acks, strict=True):
+                if ack.duplicate:  # this caller already sent this request id
+                    known = await asyncio.to_thread(self.store.find_request, key)
+                    out.append(_as_result(ev.request_id, known))
                 else:
                     out.append(next(it))
             return out
         finally:
-            for r, f in zip(rids, futs, strict=True):
-                self.runner.forget(r, f)
+            for k, f in zip(keys, futs, strict=True):
+                self.runner.forget(k, f)
+
+    async def ingest_status(self, request: web.Request) -> web.Response:
+        """``GET /ingest/{request_id}[?kind=text|raw]``: pending, stored (cid) or rejected
+        (reason), within the caller's own request ids."""
+        rid = request.match_info["request_id"]
+        kind = request.query.get("kind")
+        if kind not in (None, "text", "raw"):
+            raise Refused(400, "kind must be text or raw")
+        if not 1 <= len(rid) <= 128:
+            raise Refused(400, "request_id must be a string of 1-128 characters")
+        caller = caller_scope(request)
+        found: RequestStatus | None = None
+        for k in (kind,) if kind else ("text", "raw"):
+            found = await asyncio.to_thread(self.store.find_request, request_key(k, caller, rid))
+            if found is not None:
+                break
+        if found is None:
+            return web.json_response(
+                {"request_id": rid, "status": "pending", "cid": None, "error": None}
+            )
+        if found.status == "rejected":
+            return web.json_response(
+                {"request_id": rid, "status": "rejected", "cid": None, "error": found.reason}
+            )
+        return web.json_response(
+            {
+                "request_id": rid,
+                "status": "stored",
+                "cid": found.cid,
+                "namespace": found.namespace,
+                "error": None,
+            }
+        )
 
     @staticmethod
     def _result_json(rid: str, res: ApplyResult | None) -> dict[str, Any]:
@@ -209,7 +279,7 @@ class Axon:
     async def ingest(self, request: web.Request) -> web.Response:
         body = await self._json(request)
         ev = self._ingest_event(body)
-        (res,) = await self._submit([ev], self.ingest_wait_s)
+        (res,) = await self._submit([ev], self.ingest_wait_s, caller_scope(request))
         out = self._result_json(ev.request_id, res)
         status = 200 if out["status"] == "stored" else 202 if res is None else 422
         return web.json_response(out, status=status)
@@ -236,7 +306,7 @@ class Axon:
             )
         wait = body.get("wait", True)
         wait_s = float(body.get("timeout_s", self.ingest_wait_s)) if wait else 0.0
-        results = await self._submit(events, min(max(wait_s, 0.0), 60.0))
+        results = await self._submit(events, min(max(wait_s, 0.0), 60.0), caller_scope(request))
         out = [self._result_json(e.request_id, r) for e, r in zip(events, results, strict=True)]
         done = all(o["status"] == "stored" for o in out)
         return web.json_response(
@@ -279,7 +349,10 @@ class Axon:
                 reason = check_vector(vector, self.store.dim)
         if reason:
             raise Refused(400, reason)
-        results = await asyncio.to_thread(self._search, text, vector, top_k, namespace, flt)
+        try:
+            results = await asyncio.to_thread(self._search, text, vector, top_k, namespace, flt)
+        except StoreError as exc:  # e.g. a filter too broad to answer within its bounds
+            raise Refused(422, str(exc)) from None
         return web.json_response(
             {
                 "results": results,
@@ -386,6 +459,14 @@ class Axon:
         )
 
 
+def _as_result(rid: str, known: RequestStatus | None) -> ApplyResult | None:
+    if known is None:
+        return None
+    if known.status == "rejected":
+        return ApplyResult(known.seq, "rejected", "", rid, known.namespace, known.reason)
+    return ApplyResult(known.seq, "duplicate", known.cid or "", rid, known.namespace)
+
+
 def make_app(axon: Axon, auth: AxonAuth | None = None) -> web.Application:
     """The axon's app; without ``auth`` it is unauthenticated (tests, embedding)."""
 
@@ -419,6 +500,7 @@ def make_app(axon: Axon, auth: AxonAuth | None = None) -> web.Application:
         app[AUTH_KEY] = auth
     app.router.add_post("/IngestSynapse", axon.ingest)
     app.router.add_post("/IngestBatch", axon.ingest_batch)
+    app.router.add_get("/ingest/{request_id}", axon.ingest_status)
     app.router.add_post("/QuerySynapse", axon.query)
     app.router.add_post("/ChallengeSynapse", axon.challenge)
     app.router.add_get("/retrieve/{cid}", axon.retrieve)

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from engram.core import compute_cids
 from engram.miner.store import MemoryStore, StoreError, matches_filter
 from streams.events import Deleted, Embedded
 
@@ -19,12 +20,17 @@ def unit(rng: np.random.Generator, n: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def cid_of(vec: np.ndarray, metadata: dict, model_version: str = "") -> str:
+    return compute_cids(vec.reshape(1, -1).astype(np.float32), [metadata], model_version)[0]
+
+
 def emb(i: int, vec: np.ndarray, ns: str = "public", **meta: object) -> Embedded:
+    metadata = {"i": i, **meta}
     return Embedded(
-        cid=f"v1::{i:064x}",
+        cid=cid_of(vec, metadata) if np.all(np.isfinite(vec)) else f"v1::{i:064x}",
         vector=vec.astype("<f4").tobytes(),
         dim=DIM,
-        metadata={"i": i, **meta},
+        metadata=metadata,
         namespace=ns,
         request_id=f"r{i}",
         text=f"text {i}",
@@ -51,13 +57,13 @@ def test_apply_search_and_idempotence(tmp_path, rng):
     assert [r.kind for r in res] == ["stored"] * 50
     assert store.applied_seq == 50 and len(store) == 50
     hits = store.search(vecs[17], 3)
-    assert hits[0].cid == f"v1::{17:064x}" and hits[0].score == pytest.approx(1.0, abs=1e-2)
+    assert hits[0].metadata["i"] == 17 and hits[0].score == pytest.approx(1.0, abs=1e-2)
     # the same event redelivered under a later sequence: one record, one vector
     again = store.apply_batch([(51, emb(17, vecs[17]))])
     assert again[0].kind == "duplicate" and len(store) == 50
     # an already-applied sequence is skipped entirely
     assert store.apply_batch([(10, emb(999, vecs[0]))]) == []
-    rec = store.get(f"v1::{17:064x}")
+    rec = store.get(emb(17, vecs[17]).cid)
     assert rec is not None and rec.text == "text 17"
     np.testing.assert_array_equal(rec.vector, vecs[17])  # exact f32, not the bf16 copy
 
@@ -66,7 +72,7 @@ def test_delete_then_readd_is_remove_plus_add(tmp_path, rng):
     store = MemoryStore(tmp_path)
     vecs = unit(rng, 5)
     store.apply_batch([(i + 1, emb(i, vecs[i])) for i in range(5)])
-    cid = f"v1::{2:064x}"
+    cid = emb(2, vecs[2]).cid
     store.apply_batch([(6, Deleted(cid=cid))])
     assert store.get(cid) is None and len(store) == 4
     assert all(h.cid != cid for h in store.search(vecs[2], 5))
@@ -81,10 +87,10 @@ def test_namespaces_are_partitions(tmp_path, rng):
     store.apply_batch([(19, emb(18, vecs[18], ns="alice")), (20, emb(0, vecs[0], ns="alice"))])
     assert store.namespaces() == {"alice": 2, "public": 18}
     assert [h.cid for h in store.search(vecs[18], 5)] != [] and all(
-        h.cid != f"v1::{18:064x}" for h in store.search(vecs[18], 18)
+        h.metadata["i"] != 18 for h in store.search(vecs[18], 18)
     )
     private = store.search(vecs[0], 5, namespace="alice")
-    assert {h.cid for h in private} == {f"v1::{18:064x}", f"v1::{0:064x}"}
+    assert {h.metadata["i"] for h in private} == {18, 0}
     assert store.search(vecs[0], 5, namespace="nobody") == []
 
 
@@ -113,9 +119,9 @@ def test_filters_keep_recall(tmp_path, rng):
             hits = store.search(q, 10, filter=flt)
             scores = vecs @ q
             scores[~mask] = -np.inf
-            truth = {f"v1::{int(i):064x}" for i in np.argsort(-scores)[: min(10, mask.sum())]}
+            truth = {int(i) for i in np.argsort(-scores)[: min(10, mask.sum())]}
             assert all(matches_filter(h.metadata, flt) for h in hits)
-            found += len(truth & {h.cid for h in hits})
+            found += len(truth & {h.metadata["i"] for h in hits})
             total += len(truth)
         assert found / total >= 0.97, (flt, found / total)
     assert store.search(queries[0], 10, filter={"color": "green"}) == []
@@ -168,7 +174,7 @@ def test_queries_and_applies_run_while_a_snapshot_writes(tmp_path, rng, monkeypa
         assert parked.wait(60)
         try:
             hits = pool.submit(store.search, vecs[7], 5).result(timeout=30)
-            assert hits[0].cid == f"v1::{7:064x}"
+            assert hits[0].metadata["i"] == 7
             later = [(n + i + 1, emb(n + i, vecs[n + i])) for i in range(100)]
             pool.submit(store.apply_batch, later).result(timeout=30)
             assert not snap.done()  # both answered while the snapshot was in progress
@@ -179,8 +185,8 @@ def test_queries_and_applies_run_while_a_snapshot_writes(tmp_path, rng, monkeypa
     store.close()
     reopened = MemoryStore(tmp_path)
     assert reopened.applied_seq == n and len(reopened) == n  # the view, not later applies
-    assert reopened.get(f"v1::{n:064x}") is None
-    assert reopened.search(vecs[7], 1)[0].cid == f"v1::{7:064x}"
+    assert reopened.get(emb(n, vecs[n]).cid) is None
+    assert reopened.search(vecs[7], 1)[0].metadata["i"] == 7
 
 
 def test_snapshots_are_pruned_and_reset_forgets(tmp_path, rng):
