@@ -417,14 +417,17 @@ class MemoryStore:
         """Whether an ingest into ``namespace`` can be stored (lock-free, advisory)."""
         return namespace in self._indexes or self.namespace_count < self.max_namespaces
 
+    def _check_namespace(self, namespace: str) -> None:
+        if namespace not in self._indexes and len(self._indexes) >= self.max_namespaces:
+            raise NamespaceLimit(
+                f"this node holds its limit of {self.max_namespaces} namespaces; "
+                f"{short(namespace)} would be one more"
+            )
+
     def _index(self, namespace: str) -> Index:
         idx = self._indexes.get(namespace)
         if idx is None:
-            if len(self._indexes) >= self.max_namespaces:
-                raise NamespaceLimit(
-                    f"this node holds its limit of {self.max_namespaces} namespaces; "
-                    f"{namespace!r} would be one more"
-                )
+            self._check_namespace(namespace)
             idx = Index(
                 ndim=self.dim,
                 metric="ip",
@@ -464,10 +467,11 @@ class MemoryStore:
         row = db.execute(
             "SELECT key, deleted FROM memories WHERE namespace=? AND cid=?", (namespace, cid)
         ).fetchone()
-        idx = self._index(namespace)
-        if row is not None and not row[1] and int(row[0]) in idx:
+        known = self._indexes.get(namespace)
+        if row is not None and not row[1] and known is not None and int(row[0]) in known:
             self.stats.duplicates += 1
             return ApplyResult(seq, "duplicate", cid, request_id, namespace)
+        self._check_namespace(namespace)
         meta_json = json.dumps(dict(metadata), sort_keys=True, separators=(",", ":"))
         blob = vec.astype("<f4").tobytes()
         if row is None:
@@ -489,6 +493,8 @@ class MemoryStore:
             "INSERT INTO meta_kv (namespace, k, v, key) VALUES (?,?,?,?)",
             [(namespace, k, canonical_value(v), key) for k, v in metadata.items()],
         )
+        # the index last: what raised before left nothing behind (the savepoint undoes sqlite)
+        idx = self._index(namespace)
         if key in idx:  # an updated vector is remove + add: a duplicate key raises
             idx.remove(key)
         idx.add(key, vec)

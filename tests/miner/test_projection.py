@@ -1,0 +1,191 @@
+"""The store projection on the one projection runner, against a real nats-server, real
+sqlite and real USearch files: what it refuses, what it dead-letters, how a rebuild ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from engram.bus import Bus
+from engram.core import compute_cids
+from engram.miner.projection import StoreRunner
+from engram.miner.store import MemoryStore
+from streams.events import DeadLettered, Deleted, DemoNoted, Embedded, Stored
+from streams.replay import replay
+
+DIM = 384
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def embedded(vec: np.ndarray, i: int, ns: str = "public", **meta: object) -> Embedded:
+    metadata = {"i": i, **meta}
+    cid = compute_cids(vec.reshape(1, -1), [metadata], "")[0]
+    return Embedded(
+        cid=cid,
+        vector=vec.astype("<f4").tobytes(),
+        dim=DIM,
+        metadata=metadata,
+        namespace=ns,
+        request_id=f"r{i}",
+        request_kind="raw",
+        caller="tester",
+    )
+
+
+async def dead_letters(bus: Bus) -> list[DeadLettered]:
+    info = await bus.js.stream_info("DLQ")
+    if not info.state.messages:
+        return []
+    return [e async for _, e in replay(bus.js, "DLQ") if isinstance(e, DeadLettered)]
+
+
+def state(store: MemoryStore) -> list[tuple[object, ...]]:
+    """Every record, key by key, with its exact vector bytes."""
+    return [
+        (r.key, r.cid, r.namespace, r.metadata, r.deleted, r.request_id, r.vector.tobytes())
+        for r in store.records()
+    ]
+
+
+async def test_a_forged_cid_is_dead_lettered_and_later_events_still_apply(
+    bus: Bus, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(1)
+    vecs = unit(rng, 3)
+    good1, good2 = embedded(vecs[0], 0), embedded(vecs[2], 2)
+    honest = embedded(vecs[1], 1)
+    forged = msgspec.structs.replace(honest, cid=good1.cid)  # claims another memory's CID
+    acks = await bus.publisher.publish_many([good1, forged, good2])
+    store = MemoryStore(tmp_path / "store")
+    runner = StoreRunner(bus.js, store, publisher=bus.publisher)
+    assert await runner.catch_up() == 3
+    assert store.applied_seq == acks[-1].seq and len(store) == 2
+    assert store.get(good2.cid) is not None
+    assert store.get(good1.cid) is not None and store.get(good1.cid).metadata == {"i": 0}  # type: ignore[union-attr]
+    (dead,) = await dead_letters(bus)
+    assert dead.consumer == "store" and dead.stream_seq == acks[1].seq
+    assert "CID mismatch" in dead.error and honest.cid in dead.error
+    assert dead.error_type == "StoreRejected" and dead.original_data  # the bytes, for audit
+    # the client of the forged request learns it was refused
+    status = store.find_request(forged.request_key())
+    assert status is not None and status.status == "rejected" and "CID mismatch" in status.reason
+    store.close()
+
+
+async def test_an_event_whose_apply_raises_is_dead_lettered_alone(bus: Bus, tmp_path: Path) -> None:
+    """A real sqlite failure (a trigger that aborts inserts into namespace "boom") while
+    the runner follows: only that event is dead-lettered; the projection goes on."""
+    rng = np.random.default_rng(2)
+    vecs = unit(rng, 5)
+    store = MemoryStore(tmp_path / "store")
+    store.db.execute(
+        "CREATE TEMP TRIGGER boom BEFORE INSERT ON main.memories WHEN NEW.namespace = 'boom'"
+        " BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+    )
+    runner = StoreRunner(bus.js, store, publisher=bus.publisher, batch=64, idle_s=0.05)
+    task = asyncio.create_task(runner.run())
+    try:
+        events = [embedded(vecs[0], 0), embedded(vecs[1], 1, ns="boom"), embedded(vecs[2], 2)]
+        acks = await bus.publisher.publish_many(events)
+        assert await runner.wait_for_seq(acks[-1].seq, timeout=30)
+        later = await bus.publisher.publish_many([embedded(vecs[3], 3), embedded(vecs[4], 4)])
+        assert await runner.wait_for_seq(later[-1].seq, timeout=30)
+    finally:
+        runner.stop()
+        await asyncio.wait_for(task, 30)
+    assert len(store) == 4 and store.namespaces() == {"public": 4}
+    (dead,) = await dead_letters(bus)
+    assert dead.stream_seq == acks[1].seq and dead.error_type == "ApplyError"
+    assert "disk on fire" in dead.error
+    assert runner.stats.refused == 1 and runner.stats.stored == 4
+    store.close()
+
+
+async def test_rebuild_on_a_busy_server_equals_the_live_index(bus: Bus, tmp_path: Path) -> None:
+    """A rebuild ends when the stream is exhausted, not after a quiet spell: with a tiny
+    fetch batch and idle timeout, and another publisher keeping the server busy, the
+    rebuilt store equals the store that followed the stream live, key by key."""
+    rng = np.random.default_rng(3)
+    n = 600
+    vecs = unit(rng, n)
+    live = MemoryStore(tmp_path / "live")
+    follower = StoreRunner(bus.js, live, publisher=bus.publisher, batch=64, idle_s=0.05)
+    task = asyncio.create_task(follower.run())
+    try:
+        events: list[Embedded | Deleted] = [
+            embedded(vecs[i], i, ns="public" if i % 3 else "alice", tag=i % 7) for i in range(n)
+        ]
+        readd = msgspec.structs.replace(embedded(vecs[5], 5, ns="alice"), request_id="again")
+        events += [Deleted(cid=events[5].cid), readd]
+        acks = []
+        for start in range(0, len(events), 100):
+            acks += await bus.publisher.publish_many(events[start : start + 100])
+        assert await follower.wait_for_seq(acks[-1].seq, timeout=60)
+    finally:
+        follower.stop()
+        await asyncio.wait_for(task, 30)
+
+    stop = asyncio.Event()
+
+    async def keep_busy() -> None:
+        i = 0
+        while not stop.is_set():
+            await bus.publisher.publish_many(
+                [DemoNoted(n=i + j, payload=b"x" * 2048) for j in range(50)]
+            )
+            i += 50
+
+    noise = asyncio.create_task(keep_busy())
+    try:
+        rebuilt = MemoryStore(tmp_path / "rebuilt")
+        runner = StoreRunner(bus.js, rebuilt, batch=3, idle_s=0.005)
+        replayed = await runner.rebuild()
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await noise
+    assert replayed == len(events) and not any(a.duplicate for a in acks)
+    assert rebuilt.applied_seq == live.applied_seq == acks[-1].seq
+    assert len(rebuilt) == len(live) == n
+    assert state(rebuilt) == state(live)
+    assert rebuilt.namespaces() == live.namespaces()
+    q = vecs[10]
+    assert [h.cid for h in rebuilt.search(q, 10)] == [h.cid for h in live.search(q, 10)]
+    rebuilt.close()
+    live.close()
+
+
+async def test_stored_notices_go_to_notices_once_per_sequence(bus: Bus, tmp_path: Path) -> None:
+    """``Stored`` is published on NOTICES (never on MEMORY), past the high-water mark only:
+    reopening the store at an older snapshot and replaying publishes nothing again."""
+    rng = np.random.default_rng(4)
+    vecs = unit(rng, 30)
+    root = tmp_path / "store"
+    store = MemoryStore(root)
+    runner = StoreRunner(bus.js, store, publisher=bus.publisher)
+    acks = await bus.publisher.publish_many([embedded(vecs[i], i) for i in range(10)])
+    await runner.catch_up()  # snapshots at seq 10
+    acks += await bus.publisher.publish_many([embedded(vecs[i], i) for i in range(10, 30)])
+    await runner._apply_from(follow=False)  # applied and notified, no snapshot: a "crash"
+    assert store.applied_seq == acks[-1].seq and store.notified_seq == acks[-1].seq
+    store.close()
+
+    reopened = MemoryStore(root)
+    assert reopened.applied_seq == acks[9].seq  # the snapshot
+    again = StoreRunner(bus.js, reopened, publisher=bus.publisher)
+    assert await again.catch_up() == 20
+    assert again.stats.stored == 20 and again.stats.notices == 0
+    notices = [e async for _, e in replay(bus.js, "NOTICES") if isinstance(e, Stored)]
+    assert sorted(e.memory_seq for e in notices) == [a.seq for a in acks]
+    assert {e.request_id for e in notices} == {f"r{i}" for i in range(30)}
+    memory = [e async for _, e in replay(bus.js, "MEMORY")]
+    assert not any(isinstance(e, Stored) for e in memory)
+    reopened.close()
