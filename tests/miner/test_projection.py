@@ -7,14 +7,19 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+import aiohttp
 import msgspec
 import numpy as np
 
 from engram.bus import Bus
 from engram.core import compute_cids
+from engram.miner.auth import load_or_create_key
+from engram.miner.client import AxonClient
+from engram.miner.limits import MAX_TEXT_CHARS
+from engram.miner.node import MinerNode
 from engram.miner.projection import StoreRunner
 from engram.miner.store import MemoryStore
-from streams.events import DeadLettered, Deleted, DemoNoted, Embedded, Stored
+from streams.events import DeadLettered, Deleted, DemoNoted, Embedded, IngestRequested, Stored
 from streams.replay import replay
 
 DIM = 384
@@ -189,3 +194,61 @@ async def test_stored_notices_go_to_notices_once_per_sequence(bus: Bus, tmp_path
     memory = [e async for _, e in replay(bus.js, "MEMORY")]
     assert not any(isinstance(e, Stored) for e in memory)
     reopened.close()
+
+
+# --- request ids are per caller; refused ingests are visible ------------------------------
+
+
+async def test_two_callers_with_the_same_request_id_get_their_own_memories(
+    node: MinerNode, tmp_path: Path
+) -> None:
+    ka, _ = load_or_create_key(tmp_path / "a")
+    kb, _ = load_or_create_key(tmp_path / "b")
+    vec = unit(np.random.default_rng(6), 1)[0].tolist()
+    async with aiohttp.ClientSession(base_url=node.url) as http:
+        a, b = AxonClient(http, ka), AxonClient(http, kb)
+        sa, ra = await a.post("/IngestSynapse", {"text": "copper violin", "request_id": "same"})
+        sb, rb = await b.post("/IngestSynapse", {"text": "glacier thunder", "request_id": "same"})
+        assert (sa, sb) == (200, 200), (ra, rb)
+        assert ra["cid"] != rb["cid"] and not ra["duplicate"] and not rb["duplicate"]
+        # a raw ingest by the same caller with the same id is another request
+        sr, rr = await a.post("/IngestSynapse", {"raw_embedding": vec, "request_id": "same"})
+        assert sr == 200 and not rr["duplicate"] and rr["cid"] not in (ra["cid"], rb["cid"])
+        # the same caller repeating itself gets its own memory back
+        s2, r2 = await a.post("/IngestSynapse", {"text": "something else", "request_id": "same"})
+        assert s2 == 200 and r2["duplicate"] and r2["cid"] == ra["cid"]
+        # each caller's status is its own
+        assert (await a.get("/ingest/same?kind=text"))[1]["cid"] == ra["cid"]
+        assert (await a.get("/ingest/same?kind=raw"))[1]["cid"] == rr["cid"]
+        assert (await b.get("/ingest/same"))[1]["cid"] == rb["cid"]
+        anon = AxonClient(http)
+        assert (await anon.get("/ingest/same"))[1]["status"] == "pending"
+    for cid, text in ((ra["cid"], "copper violin"), (rb["cid"], "glacier thunder")):
+        rec = node.store.get(cid)  # type: ignore[union-attr]
+        assert rec is not None and rec.text == text
+
+
+async def test_an_ingest_the_worker_rejects_is_reported_to_its_client(
+    node: MinerNode, bus: Bus, http: aiohttp.ClientSession
+) -> None:
+    """A request that reached the bus but that the embed worker refuses ends as
+    ``rejected`` with the reason (an IngestRejected event, recorded by the store)."""
+    too_long = IngestRequested(
+        request_id="too-long", text="x" * (MAX_TEXT_CHARS + 1), caller="anonymous"
+    )
+    await bus.publisher.publish(too_long)
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        async with http.get("/ingest/too-long") as r:
+            out = await r.json()
+        if out["status"] != "pending" or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert r.status == 200 and out["status"] == "rejected", out
+    assert "limit" in out["error"] and out["cid"] is None
+    # it was also dead-lettered by the worker, with the same cause
+    dead = [d for d in await dead_letters(bus) if d.consumer == "embedder"]
+    assert len(dead) == 1 and "limit" in dead[0].error
+    # another caller's same id knows nothing of it
+    async with http.get("/ingest/too-long", headers={"X-Engram-Scope": "other"}) as r:
+        assert (await r.json())["status"] == "pending"

@@ -21,7 +21,8 @@ from engram.miner.node import MinerNode
 from engram.miner.projection import StoreRunner
 from engram.miner.store import MemoryStore
 from engram.natsd import EmbeddedNats, free_port
-from streams.events import Deleted, IngestRequested
+from streams.events import Deleted, IngestRequested, Stored
+from streams.replay import replay
 
 WORDS = (
     "river mountain copper violin lantern orbit harvest glacier pepper canyon meadow "
@@ -165,6 +166,76 @@ async def test_killed_worker_and_projection_lose_nothing_and_duplicate_nothing(
             assert len(found) == len(range(0, n_docs, 3))
         dlq = (await bus.js.stream_info("DLQ")).state.messages
         assert dlq == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.mark.slow
+async def test_stored_is_published_once_per_memory_across_a_kill(
+    settings: Settings, nats_server: EmbeddedNats, bus: Bus, tmp_path: Path, model_cache: Path
+):
+    """``Stored`` lives on NOTICES, one per memory: a miner SIGKILLed before any snapshot
+    replays all of MEMORY on restart and publishes none of them again."""
+    env = dict(_env(settings, nats_server), ENGRAM_SNAPSHOT_EVERY_EVENTS="100000")
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    (settings.data_path / "cache").symlink_to(model_cache, target_is_directory=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "miner.log"
+    args = ["run", "--port", str(port), "--no-embed"]
+    node = _spawn(args, env, log)
+    procs = [node]
+
+    async def notices() -> list[Stored]:
+        if not (await bus.js.stream_info("NOTICES")).state.messages:
+            return []
+        return [e async for _, e in replay(bus.js, "NOTICES") if isinstance(e, Stored)]
+
+    try:
+        await _health(url)
+        rng = np.random.default_rng(5)
+        vecs = rng.standard_normal((80, 384)).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        async with aiohttp.ClientSession(base_url=url) as http:
+            for start in (0, 40):
+                items = [
+                    {"raw_embedding": vecs[i].tolist(), "request_id": f"k{i}", "metadata": {"i": i}}
+                    for i in range(start, start + 40)
+                ]
+                async with http.post("/IngestBatch", json={"items": items}) as r:
+                    body = await r.json()
+                    assert r.status == 200, body
+        deadline = time.monotonic() + 30
+        while len(await notices()) < 80 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        before = await notices()
+        assert len(before) == 80
+        seq = (await _health(url))["applied_seq"]
+
+        _kill(node)  # no snapshot was taken: the restart replays all 80
+        node = _spawn(args, env, log)
+        procs.append(node)
+        deadline = time.monotonic() + 60
+        while (h := await _health(url))["applied_seq"] < seq and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert h["memories"] == 80, h
+        async with aiohttp.ClientSession(base_url=url) as http:
+            async with http.get("/stats") as r:
+                stats = (await r.json())["projection"]
+        assert stats["stored"] == 80 and stats["notices"] == 0, stats  # replayed, not notified
+        await asyncio.sleep(1.0)
+        after = await notices()
+        assert len(after) == 80
+        assert sorted(e.request_id for e in after) == sorted(f"k{i}" for i in range(80))
+        memory = [e async for _, e in replay(bus.js, "MEMORY")]
+        assert len(memory) == 80 and not any(isinstance(e, Stored) for e in memory)
     finally:
         for p in procs:
             if p.poll() is None:
