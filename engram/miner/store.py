@@ -437,6 +437,7 @@ class MemoryStore:
                 expansion_search=self.expansion_search,
             )
             self._indexes[namespace] = idx
+            self.namespace_count = len(self._indexes)
         return idx
 
     # --- applying events ----------------------------------------------------------------
@@ -497,6 +498,8 @@ class MemoryStore:
         idx = self._index(namespace)
         if key in idx:  # an updated vector is remove + add: a duplicate key raises
             idx.remove(key)
+        else:
+            self._live += 1
         idx.add(key, vec)
         self.stats.applied += 1
         return ApplyResult(seq, "stored", cid, request_id, namespace)
@@ -513,6 +516,7 @@ class MemoryStore:
             idx = self._indexes.get(ns)
             if idx is not None and int(key) in idx:
                 idx.remove(int(key))
+                self._live -= 1
             db.execute("UPDATE memories SET deleted=1, seq=? WHERE key=?", (seq, key))
             db.execute("DELETE FROM meta_kv WHERE key=?", (key,))
         self.stats.deletes += len(rows)
@@ -617,34 +621,39 @@ class MemoryStore:
         items before it stay applied)."""
         todo = list(items)
         results: list[ApplyResult] = []
-        with self._write_lock, self._lock:
-            expected = self._expected_cids(todo)
-            db = self.db
-            db.execute("BEGIN")
+        with self._write_lock:  # one writer; a snapshot pins between transactions
+            expected = self._expected_cids(todo)  # CPU work, no lock a query waits for
+            with self._lock:
+                db = self.db
+                db.execute("BEGIN")
             try:
                 for seq, ev in todo:
                     if seq <= self.applied_seq:
                         continue
-                    db.execute("SAVEPOINT ev")
-                    try:
-                        res = self._apply_one(seq, ev, expected.get(seq))
-                        db.execute("RELEASE ev")
-                    except Exception as exc:
-                        db.execute("ROLLBACK TO ev")
-                        db.execute("RELEASE ev")
-                        if raise_on_reject and isinstance(exc, StoreError):
-                            raise
-                        res = self._refused(seq, ev, exc)
-                    if res is not None:
-                        results.append(res)
-                    self.applied_seq = seq
+                    # ``_lock`` per event, not per batch: a query waits for one event at
+                    # most (it reads the same connection, so it sees the batch so far)
+                    with self._lock:
+                        db.execute("SAVEPOINT ev")
+                        try:
+                            res = self._apply_one(seq, ev, expected.get(seq))
+                            db.execute("RELEASE ev")
+                        except Exception as exc:
+                            db.execute("ROLLBACK TO ev")
+                            db.execute("RELEASE ev")
+                            if raise_on_reject and isinstance(exc, StoreError):
+                                raise
+                            res = self._refused(seq, ev, exc)
+                        if res is not None:
+                            results.append(res)
+                        self.applied_seq = seq
             finally:
-                db.execute(
-                    "INSERT OR REPLACE INTO state (k, v) VALUES ('applied_seq', ?)",
-                    (str(self.applied_seq),),
-                )
-                db.execute("COMMIT")
-                self._recount()
+                with self._lock:
+                    db.execute(
+                        "INSERT OR REPLACE INTO state (k, v) VALUES ('applied_seq', ?)",
+                        (str(self.applied_seq),),
+                    )
+                    db.execute("COMMIT")
+                    self._recount()
         return results
 
     def _refused(self, seq: int, ev: Any, exc: Exception) -> ApplyResult:
