@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from engram.core import compute_cids
-from engram.miner.store import MemoryStore, StoreError, matches_filter
+from engram.miner import store as store_module
+from engram.miner.store import FilterTooBroad, MemoryStore, StoreError, matches_filter
 from streams.events import Deleted, Embedded
 
 DIM = 384
@@ -213,3 +214,89 @@ def test_bad_vectors_are_rejected(tmp_path, rng):
     res = store.apply_batch([(2, emb(1, nan)), (3, emb(2, unit(rng, 1)[0]))])
     assert res[0].kind == "rejected" and "NaN" in res[0].error and res[1].kind == "stored"
     assert len(store) == 1 and store.applied_seq == 3
+
+
+def test_equality_filters_compare_json_values(tmp_path, rng):
+    """str / int / bool / null are distinct JSON values: True != 1, "1" != 1, 0 != False,
+    null matches an explicit null only; an integral float equals its int."""
+    values = ["1", 1, True, None, False, 0, 1.0, "x"]
+    store = MemoryStore(tmp_path)
+    vecs = unit(rng, len(values) + 1)
+    events = [(i + 1, emb(i, vecs[i], v=value)) for i, value in enumerate(values)]
+    events.append((len(values) + 1, emb(len(values), vecs[-1])))  # no "v" at all
+    assert all(r.kind == "stored" for r in store.apply_batch(events))
+    expect = [  # pairs, not a dict: Python would merge True/1/1.0 and False/0 as keys
+        ("1", {0}),
+        (1, {1, 6}),
+        (True, {2}),
+        (None, {3}),
+        (False, {4}),
+        (0, {5}),
+        (1.0, {1, 6}),
+        ("x", {7}),
+    ]
+    for value, want in expect:
+        got = {h.metadata["i"] for h in store.search(vecs[0], 20, filter={"v": value})}
+        assert got == want, (value, got)
+        assert got == {i for i, v in enumerate(values) if matches_filter({"v": v}, {"v": value})}
+    both = store.search(vecs[0], 20, filter={"v": 1, "i": 6})
+    assert [h.metadata["i"] for h in both] == [6]
+    assert store.search(vecs[0], 20, filter={"v": "missing"}) == []
+    # deleted records leave the filter index too
+    store.apply_batch([(20, Deleted(cid=events[2][1].cid))])
+    assert store.search(vecs[0], 20, filter={"v": True}) == []
+
+
+def test_a_filter_reads_the_index_not_the_namespace(tmp_path):
+    store = MemoryStore(tmp_path)
+    sql, args = store._match_sql("public", {"color": "red", "n": 3})
+    plan = " ".join(str(r[-1]) for r in store.db.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+    assert "meta_kv" in plan and "SCAN" not in plan.replace("SCAN CONSTANT", ""), plan
+
+
+def test_broad_filters_over_fetch_within_bounds(tmp_path, rng, monkeypatch):
+    """Past the exact-ranking cap a filter over-fetches from HNSW (recall vs exact holds);
+    one too rare among the nearest neighbours for the fetch cap is refused, not scanned."""
+    n = 3000
+    vecs = clustered(rng, n)
+    store = MemoryStore(tmp_path)
+    store.apply_batch(
+        [
+            (i + 1, emb(i, vecs[i], color=("red" if i % 2 else "blue"), bucket=i % 40))
+            for i in range(n)
+        ]
+    )
+    monkeypatch.setattr(store_module, "FILTER_EXACT_MAX", 200)  # 1500 "red": over-fetch
+    queries = unit(rng, 20)
+    found = total = 0
+    red = np.array([i % 2 == 1 for i in range(n)])
+    for q in queries:
+        hits = store.search(q, 10, filter={"color": "red"})
+        assert all(h.metadata["color"] == "red" for h in hits)
+        scores = vecs @ q
+        scores[~red] = -np.inf
+        truth = {int(i) for i in np.argsort(-scores)[:10]}
+        found += len(truth & {h.metadata["i"] for h in hits})
+        total += 10
+    assert found / total >= 0.95, found / total
+    monkeypatch.setattr(store_module, "FILTER_EXACT_MAX", 50)  # 75 per bucket
+    monkeypatch.setattr(store_module, "FILTER_FETCH_MAX", 100)
+    with pytest.raises(FilterTooBroad, match="narrow the filter"):
+        store.search(queries[0], 10, filter={"bucket": 7})
+
+
+def test_the_number_of_namespaces_is_bounded(tmp_path, rng):
+    store = MemoryStore(tmp_path, max_namespaces=2)
+    vecs = unit(rng, 4)
+    res = store.apply_batch(
+        [
+            (1, emb(0, vecs[0], ns="a")),
+            (2, emb(1, vecs[1], ns="b")),
+            (3, emb(2, vecs[2], ns="c")),
+            (4, emb(3, vecs[3], ns="a")),
+        ]
+    )
+    assert [r.kind for r in res] == ["stored", "stored", "rejected", "stored"]
+    assert "limit of 2 namespaces" in res[2].error and res[2].error_type == "StoreRejected"
+    assert store.namespaces() == {"a": 2, "b": 1} and store.applied_seq == 4
+    assert store.accepts_namespace("a") and not store.accepts_namespace("c")
