@@ -211,8 +211,10 @@ class _SnapshotView:
     seq: int
     tmp: Path
     reader: sqlite3.Connection  # in a read transaction on live.sqlite, snap attached
-    blobs: dict[str, bytes]  # namespace -> serialised index
+    blobs: dict[str, bytes]  # namespace -> serialised index (changed since the last one)
     counts: dict[str, int]
+    reuse: dict[str, Path] = field(default_factory=dict)  # unchanged: the last file
+    taken: set[str] = field(default_factory=set)  # the dirty set this view consumed
 
     def close(self) -> None:
         self.reader.close()
@@ -335,6 +337,7 @@ class MemoryStore:
         self.applied_seq = int(row[0]) if row else 0
         self._backfill_meta_kv(db)
         self._indexes = {}
+        self._dirty: set[str] = set()  # namespaces changed since the current snapshot
         if snap is not None:
             manifest = json.loads((snap / "manifest.json").read_text())
             for ns in manifest["namespaces"]:
@@ -501,6 +504,7 @@ class MemoryStore:
         else:
             self._live += 1
         idx.add(key, vec)
+        self._dirty.add(namespace)
         self.stats.applied += 1
         return ApplyResult(seq, "stored", cid, request_id, namespace)
 
@@ -517,6 +521,7 @@ class MemoryStore:
             if idx is not None and int(key) in idx:
                 idx.remove(int(key))
                 self._live -= 1
+                self._dirty.add(ns)
             db.execute("UPDATE memories SET deleted=1, seq=? WHERE key=?", (seq, key))
             db.execute("DELETE FROM meta_kv WHERE key=?", (key,))
         self.stats.deletes += len(rows)
@@ -702,6 +707,10 @@ class MemoryStore:
                 return view
             try:
                 return self._write_snapshot(view, keep)
+            except BaseException:
+                with self._write_lock:  # not written: those namespaces are still changed
+                    self._dirty |= view.taken
+                raise
             finally:
                 view.close()
 
@@ -739,16 +748,24 @@ class MemoryStore:
                     raise StoreError("the metadata and the applied sequence disagree")
                 blobs: dict[str, bytes] = {}
                 counts: dict[str, int] = {}
+                reuse: dict[str, Path] = {}
+                prev = self.current_snapshot()
                 for ns in sorted(self._indexes):
-                    data = self._indexes[ns].save()  # a memory copy, not a file write
+                    counts[ns] = len(self._indexes[ns])
+                    old = prev / _ns_file(ns) if prev is not None else None
+                    if ns not in self._dirty and old is not None and old.exists():
+                        reuse[ns] = old  # unchanged since then: link, do not serialise
+                        continue
+                    # a memory copy, not a file write; usearch holds the GIL meanwhile
+                    data = self._indexes[ns].save()
                     assert data is not None
                     blobs[ns] = bytes(data)
-                    counts[ns] = len(self._indexes[ns])
+                taken, self._dirty = self._dirty, set()
         except BaseException:
             reader.close()
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return _SnapshotView(seq, tmp, reader, blobs, counts)
+        return _SnapshotView(seq, tmp, reader, blobs, counts, reuse, taken)
 
     def _write_snapshot(self, view: _SnapshotView, keep: int) -> Path:
         """Write the files of a frozen view and publish them (no store lock held)."""
@@ -762,9 +779,14 @@ class MemoryStore:
         db.execute("DETACH DATABASE snap")
         for ns, data in view.blobs.items():
             (tmp / _ns_file(ns)).write_bytes(data)
+        for ns, old in view.reuse.items():
+            try:
+                os.link(old, tmp / _ns_file(ns))  # snapshots are immutable once published
+            except OSError:
+                shutil.copyfile(old, tmp / _ns_file(ns))
         manifest = {
             "seq": view.seq,
-            "namespaces": sorted(view.blobs),
+            "namespaces": sorted(view.counts),
             "dim": self.dim,
             "dtype": self.dtype,
             "counts": view.counts,

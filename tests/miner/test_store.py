@@ -300,3 +300,24 @@ def test_the_number_of_namespaces_is_bounded(tmp_path, rng):
     assert "limit of 2 namespaces" in res[2].error and res[2].error_type == "StoreRejected"
     assert store.namespaces() == {"a": 2, "b": 1} and store.applied_seq == 4
     assert store.accepts_namespace("a") and not store.accepts_namespace("c")
+
+
+def test_a_snapshot_serialises_only_the_namespaces_that_changed(tmp_path, rng):
+    vecs = unit(rng, 30)
+    store = MemoryStore(tmp_path)
+    store.apply_batch(
+        [(i + 1, emb(i, vecs[i], ns="big" if i < 20 else "small")) for i in range(25)]
+    )
+    first = store.snapshot()
+    store.apply_batch([(26, emb(25, vecs[25], ns="small"))])
+    second = store.snapshot()
+    big = "ns-" + b"big".hex() + ".usearch"
+    small = "ns-" + b"small".hex() + ".usearch"
+    # "big" did not change: the same file (a hard link), not a new serialisation
+    assert (first / big).stat().st_ino == (second / big).stat().st_ino
+    assert (first / small).stat().st_ino != (second / small).stat().st_ino
+    store.close()
+    reopened = MemoryStore(tmp_path)
+    assert reopened.namespaces() == {"big": 20, "small": 6}
+    assert reopened.search(vecs[3], 1, namespace="big")[0].metadata["i"] == 3
+    assert reopened.search(vecs[25], 1, namespace="small")[0].metadata["i"] == 25
