@@ -15,11 +15,13 @@ import msgspec
 import numpy as np
 
 from engram.bus import Bus
+from engram.config import Settings
 from engram.core import compute_cids
+from engram.miner import store as store_module
 from engram.miner.auth import load_or_create_key
 from engram.miner.client import AxonClient
 from engram.miner.limits import MAX_TEXT_CHARS
-from engram.miner.node import MinerNode
+from engram.miner.node import MinerNode, cache_dir
 from engram.miner.projection import StoreRunner
 from engram.miner.store import MemoryStore
 from streams.events import DeadLettered, Deleted, DemoNoted, Embedded, IngestRequested, Stored
@@ -389,3 +391,40 @@ async def test_health_metrics_and_queries_answer_while_the_store_works(
     await phase("snapshot", asyncio.to_thread(store.snapshot))
     await phase("filtered", scans())
     print("latency ms per phase:", report)
+
+
+async def test_the_axon_refuses_past_the_namespace_and_filter_bounds(
+    miner_settings: Settings, model_cache: Path, monkeypatch: Any
+) -> None:
+    settings = msgspec.structs.replace(miner_settings, store_max_namespaces=2)
+    cache = cache_dir(settings)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.symlink_to(model_cache, target_is_directory=True)
+    node = MinerNode(settings, port=0, ingest_wait_s=15.0, embed_in_process=False)
+    await node.start()
+    try:
+        vecs = unit(np.random.default_rng(10), 120)
+        async with aiohttp.ClientSession(base_url=node.url) as http:
+            for ns in ("public", "alice", "bob"):
+                body = {"raw_embedding": vecs[0].tolist(), "namespace": ns}
+                async with http.post("/IngestSynapse", json=body) as r:
+                    out = await r.json()
+                if ns == "bob":
+                    assert r.status == 409 and "limit of 2 namespaces" in out["error"], out
+                else:
+                    assert r.status == 200, out
+            items = [
+                {"raw_embedding": vecs[i].tolist(), "metadata": {"b": i % 4}} for i in range(1, 120)
+            ]
+            async with http.post("/IngestBatch", json={"items": items}) as r:
+                assert r.status == 200, await r.text()
+            monkeypatch.setattr(store_module, "FILTER_EXACT_MAX", 10)
+            monkeypatch.setattr(store_module, "FILTER_FETCH_MAX", 12)
+            body = {"query_vector": vecs[1].tolist(), "top_k": 10, "filter": {"b": 1}}
+            async with http.post("/QuerySynapse", json=body) as r:
+                out = await r.json()
+            assert r.status == 422 and "narrow the filter" in out["error"], out
+            async with http.get("/health") as r:
+                assert r.status == 200 and (await r.json())["memories"] == 121
+    finally:
+        await node.stop()
