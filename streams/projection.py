@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -104,6 +104,13 @@ class Projection(ABC):
 
     def snapshot(self) -> None:  # noqa: B027 - optional hook
         """Persist state and ``last_seq`` atomically."""
+
+    def begin_snapshot(self) -> Callable[[], None]:
+        """Pin the state a snapshot will hold and return the call that persists it; the
+        runner pins between batches (so the snapshot holds only batches whose hooks ran)
+        and persists in the background while later batches apply. Default: nothing to
+        pin, everything happens in :meth:`snapshot`."""
+        return self.snapshot
 
     def restore(self) -> None:  # noqa: B027 - optional hook
         """Load the last snapshot (state and ``last_seq``), if any."""
@@ -221,17 +228,32 @@ class ProjectionRunner:
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
         if self.projection.threaded and not force:
-            self._snapshotting = asyncio.create_task(self._snapshot_in_background())
+            pinned = asyncio.Event()
+            self._snapshotting = asyncio.create_task(self._snapshot_in_background(pinned))
+            await pinned.wait()  # the snapshot holds what the hooks have seen, no more
         else:
             await self._call(self.projection.snapshot)
 
-    async def _snapshot_in_background(self) -> None:
+    async def _snapshot_in_background(self, pinned: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+
+        def pin_then_write() -> None:
+            # one thread for both steps: the write always follows a successful pin, even
+            # if the runner is cancelled meanwhile
+            try:
+                write = self.projection.begin_snapshot()
+            finally:
+                loop.call_soon_threadsafe(pinned.set)
+            write()
+
         try:
-            await asyncio.to_thread(self.projection.snapshot)
+            await asyncio.to_thread(pin_then_write)
         except Exception as exc:  # the log still holds everything: retried when next due
             self.errors += 1
             self.last_error = repr(exc)
             log.warning("projection snapshot failed", projection=self.name, error=repr(exc))
+        finally:
+            pinned.set()
 
     async def catch_up(self) -> int:
         """Apply everything up to the stream's end as it is now, then snapshot."""

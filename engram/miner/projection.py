@@ -17,7 +17,7 @@ the store needs is expressed through that runner's hooks:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,14 @@ class StoreProjection(Projection):
 
     def snapshot(self) -> None:
         self.store.snapshot()
+
+    def begin_snapshot(self) -> Callable[[], None]:
+        write = self.store.begin_snapshot()
+
+        def persist() -> None:
+            write()
+
+        return persist
 
     def reset(self) -> None:
         self.store.reset()

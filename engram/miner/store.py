@@ -41,7 +41,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -281,8 +281,10 @@ class MemoryStore:
         self._lock = threading.RLock()
         # writers and a snapshot's pinning; taken before ``_lock``, never while holding it
         self._write_lock = threading.RLock()
-        # one snapshot at a time; taken before ``_write_lock``
-        self._snap_lock = threading.RLock()
+        # one snapshot at a time, from its pinning to its publication (a Lock, not an
+        # RLock: the thread that writes a snapshot may not be the one that pinned it);
+        # taken before ``_write_lock``
+        self._snap_gate = threading.Lock()
         self._live = 0  # live vectors, kept for lock-free readers (/health, /metrics)
         self.namespace_count = 0
         self.notified_seq = 0
@@ -392,18 +394,22 @@ class MemoryStore:
         self.notified_seq = seq
 
     def close(self) -> None:
-        with self._snap_lock, self._write_lock, self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-            lockfile, self._lockfile = self._lockfile, None
-            if lockfile is not None:
-                lockfile.close()
+        with self._snap_gate, self._write_lock, self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        """Close the connection and the LOCK file (callers hold every lock)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        lockfile, self._lockfile = self._lockfile, None
+        if lockfile is not None:
+            lockfile.close()
 
     def reset(self) -> None:
         """Forget everything (snapshots included): the start of a rebuild from seq 1."""
-        with self._snap_lock, self._write_lock, self._lock:
-            self.close()
+        with self._snap_gate, self._write_lock, self._lock:
+            self._close()
             if self._snapdir.exists():
                 shutil.rmtree(self._snapdir)
             (self.root / "CURRENT").unlink(missing_ok=True)
@@ -694,25 +700,48 @@ class MemoryStore:
 
     def snapshot(self, keep: int = 2) -> Path:
         """Write index files + metadata + applied_seq as one snapshot, publish it by an
-        atomic rename of ``CURRENT``, and prune older snapshots.
+        atomic rename of ``CURRENT``, and prune older snapshots."""
+        return self.begin_snapshot(keep)()
 
-        Queries and applies keep running while the files are written: under the store lock
-        we only pin a consistent view (a sqlite read transaction on a second connection,
-        which WAL keeps at that point while the live connection goes on writing, and each
-        index serialised to memory); the copying, writing and fsyncs happen outside it.
-        One snapshot runs at a time."""
-        with self._snap_lock:
+    def begin_snapshot(self, keep: int = 2) -> Callable[[], Path]:
+        """Pin a snapshot of the state as it is now; return the call that writes and
+        publishes it (run it next, in any thread: until it has run, no other snapshot,
+        ``close`` or ``reset`` starts).
+
+        Pinning holds the writer lock only (no apply runs; queries go on): a sqlite read
+        transaction on a second connection, which WAL keeps at that point while the live
+        connection goes on writing, and an in-memory copy of each index that changed since
+        the last snapshot. The copying, writing and fsyncs happen in the returned call,
+        with no lock held."""
+        self._snap_gate.acquire()
+        try:
             view = self._freeze()
-            if isinstance(view, Path):  # already the current snapshot
-                return view
+        except BaseException:
+            self._snap_gate.release()
+            raise
+        if isinstance(view, Path):  # already the current snapshot
+            self._snap_gate.release()
+            current = view
+            return lambda: current
+        pinned = view
+        done = False
+
+        def write() -> Path:
+            nonlocal done
+            if done:
+                raise StoreError("this snapshot was already written")
+            done = True
             try:
-                return self._write_snapshot(view, keep)
+                return self._write_snapshot(pinned, keep)
             except BaseException:
                 with self._write_lock:  # not written: those namespaces are still changed
-                    self._dirty |= view.taken
+                    self._dirty |= pinned.taken
                 raise
             finally:
-                view.close()
+                pinned.close()
+                self._snap_gate.release()
+
+        return write
 
     def _freeze(self) -> _SnapshotView | Path:
         """A consistent view of the store as of ``applied_seq`` (short: holds the lock)."""
