@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from engram.miner.node import MinerNode
 from engram.miner.projection import StoreRunner
 from engram.miner.store import MemoryStore
 from engram.natsd import EmbeddedNats, free_port
-from streams.events import Deleted, IngestRequested, Stored
+from streams.events import Deleted, Embedded, IngestRequested, Stored
 from streams.replay import replay
 
 WORDS = (
@@ -245,3 +246,58 @@ async def test_stored_is_published_once_per_memory_across_a_kill(
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+async def test_index_rebuild_command_equals_the_live_index(
+    node: MinerNode, bus: Bus, tmp_path: Path, nats_server: EmbeddedNats
+):
+    """``engram index rebuild`` (a real subprocess) into another data dir gives the store
+    the live node followed, key by key; a forged event is refused by both alike."""
+    rng = np.random.default_rng(11)
+    vecs = rng.standard_normal((150, 384)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    async with aiohttp.ClientSession(base_url=node.url) as http:
+        items = [
+            {"raw_embedding": vecs[i].tolist(), "metadata": {"i": i}, "request_id": f"q{i}"}
+            for i in range(150)
+        ]
+        async with http.post("/IngestBatch", json={"items": items}) as r:
+            cids = [x["cid"] for x in (await r.json())["results"]]
+            assert r.status == 200
+    assert node.runner is not None and node.store is not None
+    forged = Embedded(cid=cids[0], vector=vecs[1].astype("<f4").tobytes(), dim=384)
+    ack = await bus.publisher.publish(Deleted(cid=cids[7]))
+    ack = await bus.publisher.publish(forged)
+    assert await node.runner.wait_for_seq(ack.seq)
+    other = tmp_path / "other"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGRAM_")}
+    env.update(ENGRAM_NATS_URL=nats_server.url, ENGRAM_LOG_LEVEL="warning")
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "engram.cli", "--data-dir", str(other), "index", "rebuild"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    live = node.store
+    assert out == {
+        "replayed": 152,
+        "memories": 149,
+        "applied_seq": live.applied_seq,
+        "refused": 1,
+    }
+    rebuilt = MemoryStore(other / "store")
+    try:
+        assert [
+            (r.key, r.cid, r.namespace, r.metadata, r.deleted, r.vector.tobytes())
+            for r in rebuilt.records()
+        ] == [
+            (r.key, r.cid, r.namespace, r.metadata, r.deleted, r.vector.tobytes())
+            for r in live.records()
+        ]
+        assert rebuilt.find_request("raw:anonymous:q3") == live.find_request("raw:anonymous:q3")
+    finally:
+        rebuilt.close()
