@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from engram import core as _core
-from streams.errors import InputError
+from streams.errors import InputError, short
 from streams.events import Embedded, IngestRequested, request_key
 from streams.publisher import Publisher
 
@@ -59,6 +59,18 @@ _SCOPE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 ANONYMOUS = "anonymous"
 
 
+AXON_KEY: web.AppKey[Axon] = web.AppKey("axon")
+
+
+class Refused(InputError):
+    """A request the axon refuses: HTTP ``status`` and the reason for the client."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
 def caller_scope(request: web.Request) -> str:
     """Whose request ids these are: the btauth hotkey that signed the request, else
     ``anonymous`` (or ``anonymous:<X-Engram-Scope>`` when an unsigned client names one)."""
@@ -71,18 +83,6 @@ def caller_scope(request: web.Request) -> str:
     if not _SCOPE.fullmatch(scope):
         raise Refused(400, f"{SCOPE_HEADER} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
     return f"{ANONYMOUS}:{scope}"
-
-
-AXON_KEY: web.AppKey[Axon] = web.AppKey("axon")
-
-
-class Refused(InputError):
-    """A request the axon refuses: HTTP ``status`` and the reason for the client."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 def _is_hex(value: Any, nbytes: int) -> bool:
@@ -207,7 +207,7 @@ class Axon:
                 raise Refused(
                     409,
                     f"this miner holds its limit of {self.store.max_namespaces} namespaces; "
-                    f"{e.namespace!r} would be a new one",
+                    f"{short(e.namespace)} would be a new one",
                 )
         keys = [e.request_key() for e in scoped]
         futs = [self.runner.expect(k) for k in keys]
