@@ -154,7 +154,12 @@ class ProjectionRunner:
     def stop(self) -> None:
         self._stop.set()
 
-    # --- hooks (override in a subclass; both run on the event loop) ---------------------
+    # --- hooks (override in a subclass; they run on the event loop) ----------------------
+
+    def note_error(self, exc: BaseException) -> None:
+        """Count an error the runner recovered from (a broken subscription, a snapshot)."""
+        self.errors += 1
+        self.last_error = repr(exc)
 
     async def applied(self, results: list[Any]) -> None:
         """Called after each batch with ``BatchOutcome.results`` (default: nothing)."""
@@ -249,8 +254,7 @@ class ProjectionRunner:
         try:
             await asyncio.to_thread(pin_then_write)
         except Exception as exc:  # the log still holds everything: retried when next due
-            self.errors += 1
-            self.last_error = repr(exc)
+            self.note_error(exc)
             log.warning("projection snapshot failed", projection=self.name, error=repr(exc))
         finally:
             pinned.set()
@@ -281,8 +285,7 @@ class ProjectionRunner:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    self.errors += 1
-                    self.last_error = repr(exc)
+                    self.note_error(exc)
                     delay = self.backoff.delay(attempt)
                     attempt += 1
                     log.warning(

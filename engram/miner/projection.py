@@ -105,8 +105,11 @@ class _RunnerStats:
     duplicates: int = 0
     rejected: int = 0
     refused: int = 0  # events the store could not apply (dead-lettered when publishing)
+    malformed: int = 0  # of which not a known event at all
     dead_lettered: int = 0
     notices: int = 0
+    errors: int = 0  # recovered: a broken subscription, a failed snapshot
+    last_error: str = ""
 
 
 class StoreRunner(ProjectionRunner):
@@ -181,6 +184,7 @@ class StoreRunner(ProjectionRunner):
     async def failed(self, failure: Failure) -> None:
         item = failure.item
         self.stats.refused += 1
+        self.stats.malformed += failure.error_type == "EventDecodeError"
         log.warning(
             "store refused an event", seq=item.seq, error=failure.error, type=failure.error_type
         )
@@ -201,6 +205,10 @@ class StoreRunner(ProjectionRunner):
         publisher = self.publisher
         await retry(lambda: publisher.publish(dead), what="dead letter", stop=self._stop)
         self.stats.dead_lettered += 1
+
+    def note_error(self, exc: BaseException) -> None:
+        super().note_error(exc)
+        self.stats.errors, self.stats.last_error = self.errors, self.last_error
 
     # --- notices --------------------------------------------------------------------------
 

@@ -90,6 +90,23 @@ async def test_a_forged_cid_is_dead_lettered_and_later_events_still_apply(
     store.close()
 
 
+async def test_malformed_bytes_on_memory_are_dead_lettered_and_skipped(
+    bus: Bus, tmp_path: Path
+) -> None:
+    garbage = b"\xc1 not an event"
+    bad = await bus.js.publish(Embedded.SUBJECT, garbage, headers={"Nats-Msg-Id": "x1"})
+    good = await bus.publisher.publish(embedded(unit(np.random.default_rng(12), 1)[0], 0))
+    store = MemoryStore(tmp_path / "store")
+    runner = StoreRunner(bus.js, store, publisher=bus.publisher)
+    assert await runner.catch_up() == 2
+    assert store.applied_seq == good.seq and len(store) == 1
+    (dead,) = await dead_letters(bus)
+    assert dead.stream_seq == bad.seq and dead.error_type == "EventDecodeError"
+    assert dead.original_data == b"\xc1 not an event" and dead.consumer == "store"
+    assert runner.stats.malformed == 1 and runner.stats.dead_lettered == 1
+    store.close()
+
+
 async def test_an_event_whose_apply_raises_is_dead_lettered_alone(bus: Bus, tmp_path: Path) -> None:
     """A real sqlite failure (a trigger that aborts inserts into namespace "boom") while
     the runner follows: only that event is dead-lettered; the projection goes on."""
