@@ -210,24 +210,28 @@ class Axon:
                     f"{short(e.namespace)} would be a new one",
                 )
         keys = [e.request_key() for e in scoped]
-        futs = [self.runner.expect(k) for k in keys]
+        # a request id this caller used before is answered from the store, however long
+        # ago (JetStream's de-duplication window is only two minutes)
+        known = await asyncio.to_thread(self.store.find_requests, keys)
+        fresh = [i for i, k in enumerate(keys) if k not in known]
+        futs = {i: self.runner.expect(keys[i]) for i in fresh}
         try:
-            acks = await self.publisher.publish_many(scoped)
-            results = await self._wait_stored(
-                [f for f, a in zip(futs, acks, strict=True) if not a.duplicate], wait_s
-            )
-            it = iter(results)
+            acks = await self.publisher.publish_many([scoped[i] for i in fresh]) if fresh else []
+            new = sorted(i for i, a in zip(fresh, acks, strict=True) if not a.duplicate)
+            waited = await self._wait_stored([futs[i] for i in new], wait_s)
+            results = dict(zip(new, waited, strict=True))
             out: list[ApplyResult | None] = []
-            for ev, key, ack in zip(scoped, keys, acks, strict=True):
-                if ack.duplicate:  # this caller already sent this request id
-                    known = await asyncio.to_thread(self.store.find_request, key)
-                    out.append(_as_result(ev.request_id, known))
-                else:
-                    out.append(next(it))
+            for i, (ev, key) in enumerate(zip(scoped, keys, strict=True)):
+                if i in results:
+                    out.append(results[i])
+                    continue
+                if key not in known:  # published within the window: JetStream dropped it
+                    known.update(await asyncio.to_thread(self.store.find_requests, [key]))
+                out.append(_as_result(ev.request_id, known.get(key)))
             return out
         finally:
-            for k, f in zip(keys, futs, strict=True):
-                self.runner.forget(k, f)
+            for i, f in futs.items():
+                self.runner.forget(keys[i], f)
 
     async def ingest_status(self, request: web.Request) -> web.Response:
         """``GET /ingest/{request_id}[?kind=text|raw]``: pending, stored (cid) or rejected

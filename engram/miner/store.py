@@ -904,6 +904,21 @@ class MemoryStore:
             return None
         return RequestStatus(str(row[0]), row[1], str(row[2]), str(row[3]), int(row[4]))
 
+    def find_requests(self, request_keys: list[str]) -> dict[str, RequestStatus]:
+        """:meth:`find_request` for many keys at once (one lock, chunked queries)."""
+        out: dict[str, RequestStatus] = {}
+        with self._lock:
+            for start in range(0, len(request_keys), 900):
+                chunk = request_keys[start : start + 900]
+                marks = ",".join("?" * len(chunk))
+                for key, status, cid, reason, ns, seq in self.db.execute(
+                    "SELECT rkey, status, cid, reason, namespace, seq FROM requests"
+                    f" WHERE rkey IN ({marks})",
+                    chunk,
+                ):
+                    out[str(key)] = RequestStatus(str(status), cid, str(reason), str(ns), int(seq))
+        return out
+
     def stored_since(self, seq: int, limit: int = 10_000) -> list[ApplyResult]:
         """Stored requests applied after ``seq`` (oldest first): the notices a restart owes
         when its last snapshot is newer than the notices it published."""

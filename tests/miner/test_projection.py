@@ -24,7 +24,15 @@ from engram.miner.limits import MAX_TEXT_CHARS
 from engram.miner.node import MinerNode, cache_dir
 from engram.miner.projection import StoreRunner
 from engram.miner.store import MemoryStore
-from streams.events import DeadLettered, Deleted, DemoNoted, Embedded, IngestRequested, Stored
+from streams.events import (
+    DeadLettered,
+    Deleted,
+    DemoNoted,
+    Embedded,
+    IngestRequested,
+    Stored,
+    encode,
+)
 from streams.replay import replay
 
 DIM = 384
@@ -248,6 +256,30 @@ async def test_two_callers_with_the_same_request_id_get_their_own_memories(
     for cid, text in ((ra["cid"], "copper violin"), (rb["cid"], "glacier thunder")):
         rec = node.store.get(cid)  # type: ignore[union-attr]
         assert rec is not None and rec.text == text
+
+
+async def test_a_request_id_is_remembered_past_the_deduplication_window(
+    node: MinerNode, bus: Bus, http: aiohttp.ClientSession
+) -> None:
+    """JetStream forgets a message id after two minutes; the store's request table does
+    not: a request id seen before (here: published under another message id, as if long
+    ago) is answered with its first memory and nothing new is published."""
+    vecs = unit(np.random.default_rng(13), 2)
+    first = embedded(vecs[0], 0)
+    first = msgspec.structs.replace(first, caller="anonymous", request_id="old")
+    ack = await bus.js.publish(first.SUBJECT, encode(first), headers={"Nats-Msg-Id": "long-ago"})
+    assert node.runner is not None and await node.runner.wait_for_seq(ack.seq)
+    before = (await bus.js.stream_info("MEMORY")).state.messages
+    body = {"raw_embedding": vecs[1].tolist(), "request_id": "old"}  # other content
+    async with http.post("/IngestSynapse", json=body) as r:
+        out = await r.json()
+    assert r.status == 200 and out["duplicate"] and out["cid"] == first.cid, out
+    assert (await bus.js.stream_info("MEMORY")).state.messages == before
+    batch = {"items": [body, {**body, "request_id": "new"}]}
+    async with http.post("/IngestBatch", json=batch) as r:
+        out = await r.json()
+    assert [x["duplicate"] for x in out["results"]] == [True, False], out
+    assert out["results"][0]["cid"] == first.cid != out["results"][1]["cid"]
 
 
 async def test_an_ingest_the_worker_rejects_is_reported_to_its_client(
