@@ -72,6 +72,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     embed_batch_wait_s: float = 0.05
     snapshot_every_events: int = 5000
     snapshot_every_s: float = 60.0
+    store_max_namespaces: int = 1024  # namespaces (one index each) a miner holds; more: 409
 
     # axon auth (btauth/1, PROTOCOL.md): "auto" = "open" on a loopback bind, else "signed"
     axon_auth: str = "auto"  # auto | signed | open
@@ -102,6 +103,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             self.nats_url = None
         if self.axon_auth not in ("auto", "signed", "open"):
             raise ConfigError("axon_auth: must be auto, signed or open")
+        if self.store_max_namespaces < 1:
+            raise ConfigError("store_max_namespaces: must be >= 1")
         if self.axon_min_stake < 0:
             raise ConfigError("axon_min_stake: must be >= 0")
         if not self.axon_proof_versions or not set(self.axon_proof_versions) <= {1, 2}:

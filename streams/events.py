@@ -36,6 +36,7 @@ __all__ = [
     "Embedded",
     "Event",
     "EventDecodeError",
+    "IngestRejected",
     "IngestRequested",
     "ProofVerified",
     "RecallSampled",
@@ -46,6 +47,7 @@ __all__ = [
     "decode",
     "encode",
     "new_event_id",
+    "request_key",
 ]
 
 
@@ -61,6 +63,12 @@ def new_event_id() -> str:
 
 def _now() -> float:
     return _time.time()
+
+
+def request_key(kind: str, caller: str, request_id: str) -> str:
+    """The idempotency key of an ingest: a ``request_id`` is unique per caller and kind
+    (``text`` or ``raw``), not globally, so two clients choosing the same id never meet."""
+    return f"{kind}:{caller}:{request_id}"
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", omit_defaults=False):
@@ -91,7 +99,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", omit_de
 
 
 class IngestRequested(Event, frozen=True, kw_only=True, tag="IngestRequested"):
-    """A client asked to remember a text. ``request_id`` is the idempotency key."""
+    """A client asked to remember a text. ``request_id`` is the client's idempotency key,
+    scoped by ``caller`` (the signing hotkey, or ``anonymous``): see :func:`request_key`."""
 
     SUBJECT: ClassVar[str] = "engram.ingest.requested"
 
@@ -100,9 +109,13 @@ class IngestRequested(Event, frozen=True, kw_only=True, tag="IngestRequested"):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     namespace: str = "public"
     model_version: str = ""
+    caller: str = ""
+
+    def request_key(self) -> str:
+        return request_key("text", self.caller, self.request_id)
 
     def msg_id(self) -> str:
-        return f"ingest:{self.request_id}"
+        return f"ingest:{self.request_key()}"
 
 
 # --- memory -----------------------------------------------------------------------------
@@ -121,19 +134,55 @@ class Embedded(Event, frozen=True, kw_only=True, tag="Embedded"):
     model_version: str = ""
     request_id: str = ""
     text: str | None = None
+    caller: str = ""
+    #: "text" (embedded by the embed worker from an IngestRequested) or "raw" (a client's
+    #: own vector); with ``caller`` and ``request_id`` it forms the request key
+    request_kind: str = ""
+
+    def request_key(self) -> str:
+        return request_key(self.request_kind, self.caller, self.request_id)
 
     def msg_id(self) -> str:
-        return f"embedded:{self.request_id or self.cid}"
+        return f"embedded:{self.request_key()}" if self.request_id else f"embedded:{self.cid}"
+
+
+class IngestRejected(Event, frozen=True, kw_only=True, tag="IngestRejected"):
+    """An accepted ingest that will never be stored (the embed worker refused it), so that
+    the store can answer its client: recorded in the store's request table."""
+
+    SUBJECT: ClassVar[str] = "engram.memory.rejected"
+
+    request_id: str
+    reason: str
+    caller: str = ""
+    request_kind: str = "text"
+    namespace: str = "public"
+
+    def request_key(self) -> str:
+        return request_key(self.request_kind, self.caller, self.request_id)
+
+    def msg_id(self) -> str:
+        return f"rejected:{self.request_key()}"
 
 
 class Stored(Event, frozen=True, kw_only=True, tag="Stored"):
-    """The store projection applied an ``Embedded`` event; the memory is queryable."""
+    """The store projection applied an ``Embedded`` event; the memory is queryable.
 
-    SUBJECT: ClassVar[str] = "engram.memory.stored"
+    A derived notice, not a source fact: it lives on the NOTICES stream (never on MEMORY,
+    which rebuilds the index), with the MEMORY sequence it reports as its message id, and
+    the store publishes it once per sequence (a persisted high-water mark)."""
+
+    SUBJECT: ClassVar[str] = "engram.notice.stored"
 
     cid: str
     request_id: str = ""
     duplicate: bool = False
+    memory_seq: int = 0
+    caller: str = ""
+    request_kind: str = ""
+
+    def msg_id(self) -> str:
+        return f"stored:{self.memory_seq}" if self.memory_seq else self.event_id
 
 
 class Deleted(Event, frozen=True, kw_only=True, tag="Deleted"):
@@ -291,6 +340,7 @@ class DemoNoted(Event, frozen=True, kw_only=True, tag="DemoNoted"):
 ALL_EVENTS: tuple[type[Event], ...] = (
     IngestRequested,
     Embedded,
+    IngestRejected,
     Stored,
     Deleted,
     BlobReceived,
@@ -310,6 +360,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
 AnyEvent: TypeAlias = (
     IngestRequested
     | Embedded
+    | IngestRejected
     | Stored
     | Deleted
     | BlobReceived

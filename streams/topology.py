@@ -80,7 +80,12 @@ STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec(
         "MEMORY",
         ("engram.memory.>",),
-        "Embedded, Stored, Deleted: the source of truth for the index",
+        "Embedded, Deleted, IngestRejected: the source of truth for the index",
+    ),
+    StreamSpec(
+        "NOTICES",
+        ("engram.notice.>",),
+        "Stored: derived notices, published once each (never replayed into state)",
     ),
     StreamSpec(
         "VALIDATION", ("engram.validation.>",), "challenges, verdicts, recall samples, scores"

@@ -387,7 +387,12 @@ async def _rebuild(s: Settings) -> dict[str, Any]:
         store = await asyncio.to_thread(open_store, s)
         runner = StoreRunner(bus.js, store, publisher=None)
         n = await runner.rebuild()
-        out = {"replayed": n, "memories": len(store), "applied_seq": store.applied_seq}
+        out = {
+            "replayed": n,
+            "memories": len(store),
+            "applied_seq": store.applied_seq,
+            "refused": runner.stats.refused,
+        }
         store.close()
         return out
     finally:

@@ -40,10 +40,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from engram import core as _core
 from streams.errors import InputError, Unavailable, short
-from streams.events import Embedded, IngestRequested
+from streams.events import Embedded, IngestRequested, request_key
 from streams.publisher import Publisher
 
-from .auth import AUTH_KEY, AxonAuth
+from .auth import AUTH_KEY, AxonAuth, caller_of
 from .embedder import Embedder
 from .limits import (
     MAX_BATCH_ITEMS,
@@ -62,7 +62,7 @@ from .limits import (
     short_reason,
 )
 from .projection import StoreRunner
-from .store import ApplyResult, MemoryStore
+from .store import ApplyResult, MemoryStore, RequestStatus, StoreError
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Middleware
@@ -87,6 +87,12 @@ __all__ = [
 log = structlog.get_logger("engram.miner.axon")
 
 _HEX64 = frozenset("0123456789abcdefABCDEF")
+#: An unsigned client may name its own request-id scope with this header (open mode).
+SCOPE_HEADER = "X-Engram-Scope"
+_SCOPE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+ANONYMOUS = "anonymous"
+
+
 AXON_KEY: web.AppKey[Axon] = web.AppKey("axon")
 #: a challenge may not expire further ahead than this (a validator issues them for ~60 s)
 MAX_CHALLENGE_AHEAD_S = 3600
@@ -181,6 +187,20 @@ def _status_of_type(kind: type[BaseException]) -> int:
 def status_of(exc: BaseException) -> int:
     """The HTTP status for ``exc``: its own for :class:`Refused`, else :data:`STATUS`."""
     return exc.status if isinstance(exc, Refused) else _status_of_type(type(exc))
+
+
+def caller_scope(request: web.Request) -> str:
+    """Whose request ids these are: the btauth hotkey that signed the request, else
+    ``anonymous`` (or ``anonymous:<X-Engram-Scope>`` when an unsigned client names one)."""
+    hotkey = caller_of(request)
+    if hotkey:
+        return hotkey
+    scope = request.headers.get(SCOPE_HEADER)
+    if scope is None:
+        return ANONYMOUS
+    if not _SCOPE.fullmatch(scope):
+        raise Refused(400, f"{SCOPE_HEADER} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+    return f"{ANONYMOUS}:{scope}"
 
 
 def _is_hex(value: Any, nbytes: int) -> bool:
@@ -333,27 +353,79 @@ class Axon:
         )
 
     async def _submit(
-        self, events: list[Embedded | IngestRequested], wait_s: float
+        self, events: list[Embedded | IngestRequested], wait_s: float, caller: str = ANONYMOUS
     ) -> list[ApplyResult | None]:
-        rids = [e.request_id for e in events]
-        futs = [self.runner.expect(r) for r in rids]
+        """Publish ingest events under the caller's request-id scope and wait (bounded) for
+        each to be stored or rejected; None for one still pending."""
+        scoped: list[Embedded | IngestRequested] = [
+            msgspec.structs.replace(e, caller=caller, request_kind="raw")
+            if isinstance(e, Embedded)
+            else msgspec.structs.replace(e, caller=caller)
+            for e in events
+        ]
+        for e in scoped:
+            if not self.store.accepts_namespace(e.namespace):
+                raise Refused(
+                    409,
+                    f"this miner holds its limit of {self.store.max_namespaces} namespaces; "
+                    f"{short(e.namespace)} would be a new one",
+                )
+        keys = [e.request_key() for e in scoped]
+        # a request id this caller used before is answered from the store, however long
+        # ago (JetStream's de-duplication window is only two minutes)
+        known = await asyncio.to_thread(self.store.find_requests, keys)
+        fresh = [i for i, k in enumerate(keys) if k not in known]
+        futs = {i: self.runner.expect(keys[i]) for i in fresh}
         try:
-            acks = await self.publisher.publish_many(events)
-            results = await self._wait_stored(
-                [f for f, a in zip(futs, acks, strict=True) if not a.duplicate], wait_s
-            )
-            it = iter(results)
+            acks = await self.publisher.publish_many([scoped[i] for i in fresh]) if fresh else []
+            new = sorted(i for i, a in zip(fresh, acks, strict=True) if not a.duplicate)
+            waited = await self._wait_stored([futs[i] for i in new], wait_s)
+            results = dict(zip(new, waited, strict=True))
             out: list[ApplyResult | None] = []
-            for ev, ack in zip(events, acks, strict=True):
-                if ack.duplicate:  # the same request id was already published
-                    cid = await asyncio.to_thread(self.store.find_request, ev.request_id)
-                    out.append(ApplyResult(0, "duplicate", cid, ev.request_id) if cid else None)
-                else:
-                    out.append(next(it))
+            for i, (ev, key) in enumerate(zip(scoped, keys, strict=True)):
+                if i in results:
+                    out.append(results[i])
+                    continue
+                if key not in known:  # published within the window: JetStream dropped it
+                    known.update(await asyncio.to_thread(self.store.find_requests, [key]))
+                out.append(_as_result(ev.request_id, known.get(key)))
             return out
         finally:
-            for r, f in zip(rids, futs, strict=True):
-                self.runner.forget(r, f)
+            for i, f in futs.items():
+                self.runner.forget(keys[i], f)
+
+    async def ingest_status(self, request: web.Request) -> web.Response:
+        """``GET /ingest/{request_id}[?kind=text|raw]``: pending, stored (cid) or rejected
+        (reason), within the caller's own request ids."""
+        rid = request.match_info["request_id"]
+        kind = request.query.get("kind")
+        if kind not in (None, "text", "raw"):
+            raise Refused(400, "kind must be text or raw")
+        if not 1 <= len(rid) <= 128:
+            raise Refused(400, "request_id must be a string of 1-128 characters")
+        caller = caller_scope(request)
+        found: RequestStatus | None = None
+        for k in (kind,) if kind else ("text", "raw"):
+            found = await asyncio.to_thread(self.store.find_request, request_key(k, caller, rid))
+            if found is not None:
+                break
+        if found is None:
+            return web.json_response(
+                {"request_id": rid, "status": "pending", "cid": None, "error": None}
+            )
+        if found.status == "rejected":
+            return web.json_response(
+                {"request_id": rid, "status": "rejected", "cid": None, "error": found.reason}
+            )
+        return web.json_response(
+            {
+                "request_id": rid,
+                "status": "stored",
+                "cid": found.cid,
+                "namespace": found.namespace,
+                "error": None,
+            }
+        )
 
     @staticmethod
     def _result_json(rid: str, res: ApplyResult | None) -> dict[str, Any]:
@@ -372,7 +444,7 @@ class Axon:
     async def ingest(self, request: web.Request) -> web.Response:
         body = await self._json(request)
         ev = self._ingest_event(body)
-        (res,) = await self._submit([ev], self.ingest_wait_s)
+        (res,) = await self._submit([ev], self.ingest_wait_s, caller_scope(request))
         out = self._result_json(ev.request_id, res)
         status = 200 if out["status"] == "stored" else 202 if res is None else 422
         return web.json_response(out, status=status)
@@ -407,7 +479,7 @@ class Axon:
                 status=400,
             )
         wait_s = float(timeout) if wait else 0.0
-        results = await self._submit(events, wait_s)
+        results = await self._submit(events, wait_s, caller_scope(request))
         out = [self._result_json(e.request_id, r) for e, r in zip(events, results, strict=True)]
         done = all(o["status"] == "stored" for o in out)
         return web.json_response(
@@ -450,7 +522,10 @@ class Axon:
                 reason = check_vector(vector, self.store.dim)
         if reason:
             raise Invalid(reason)
-        results = await asyncio.to_thread(self._search, text, vector, top_k, namespace, flt)
+        try:
+            results = await asyncio.to_thread(self._search, text, vector, top_k, namespace, flt)
+        except StoreError as exc:  # e.g. a filter too broad to answer within its bounds
+            raise Refused(422, str(exc)) from None
         return web.json_response(
             {
                 "results": results,
@@ -621,6 +696,14 @@ def _retry_after(exc: BaseException) -> dict[str, str] | None:
     return None
 
 
+def _as_result(rid: str, known: RequestStatus | None) -> ApplyResult | None:
+    if known is None:
+        return None
+    if known.status == "rejected":
+        return ApplyResult(known.seq, "rejected", "", rid, known.namespace, known.reason)
+    return ApplyResult(known.seq, "duplicate", known.cid or "", rid, known.namespace)
+
+
 def make_app(axon: Axon, auth: AxonAuth | None = None) -> web.Application:
     """The axon's app; without ``auth`` it is unauthenticated (tests, embedding)."""
 
@@ -659,6 +742,7 @@ def make_app(axon: Axon, auth: AxonAuth | None = None) -> web.Application:
         app[AUTH_KEY] = auth
     app.router.add_post("/IngestSynapse", axon.ingest)
     app.router.add_post("/IngestBatch", axon.ingest_batch)
+    app.router.add_get("/ingest/{request_id}", axon.ingest_status)
     app.router.add_post("/QuerySynapse", axon.query)
     app.router.add_post("/ChallengeSynapse", axon.challenge)
     app.router.add_get("/retrieve/{cid}", axon.retrieve)

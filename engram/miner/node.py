@@ -41,7 +41,9 @@ def cache_dir(settings: Settings) -> Path:
 
 
 def open_store(settings: Settings, dim: int = 384) -> MemoryStore:
-    return MemoryStore(settings.data_path / "store", dim=dim)
+    return MemoryStore(
+        settings.data_path / "store", dim=dim, max_namespaces=settings.store_max_namespaces
+    )
 
 
 def load_embedder(settings: Settings, purpose: str = "embed") -> Embedder:

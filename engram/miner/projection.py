@@ -1,40 +1,101 @@
-"""The store projection runner: follows MEMORY (``Embedded``/``Deleted``) into the store.
+"""The store projection: MEMORY (``Embedded``, ``Deleted``, ``IngestRejected``) → the store.
 
-Like :class:`streams.projection.ProjectionRunner`, but batched: it reads the stream with
-an ephemeral ordered consumer from ``store.applied_seq + 1``, applies each fetched batch
-in one store transaction (in a thread, so the event loop keeps answering queries), then
-publishes ``Stored`` for each newly applied memory and wakes the axon requests waiting
-for it. A malformed or unusable event is dead-lettered (consumer ``store``) and skipped;
-the sequence still advances, so it is never re-read. Snapshots are taken every N events
-or T seconds and on stop; after a crash the store reopens at its last snapshot and the
-runner replays the rest of the stream, which the store applies idempotently.
+It runs on the one projection runner (:class:`streams.projection.ProjectionRunner`); what
+the store needs is expressed through that runner's hooks:
+
+* :class:`StoreProjection` applies each fetched batch in one store transaction, in a
+  worker thread (``threaded``), and snapshots in the background;
+* every ``Embedded`` has its CID recomputed from its content by the store; a mismatch, or
+  any exception while applying one event, refuses that event only — it is dead-lettered
+  (consumer ``store``, with the cause) and the projection goes on;
+* :class:`StoreRunner` wakes the axon requests waiting for their memory
+  (read-your-writes, keyed by the request key) and publishes the derived ``Stored`` notice
+  on the NOTICES stream, once per MEMORY sequence: only past the store's persisted
+  high-water mark, so a replay after a restart never publishes it again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext, api
-from nats.js.errors import FetchTimeoutError
+from nats.js import JetStreamContext
 
-from streams.events import DeadLettered, Embedded, EventDecodeError, Stored, decode
+from streams.events import DeadLettered, Deleted, Embedded, Event, IngestRejected, Stored
+from streams.projection import BatchOutcome, Failure, Projection, ProjectionRunner
 from streams.publisher import Publisher
+from streams.replay import Replayed
+from streams.retry import retry
 
 from .store import ApplyResult, MemoryStore
 
-__all__ = ["StoreRunner"]
+__all__ = ["StoreProjection", "StoreRunner"]
 
 log = structlog.get_logger("engram.miner.store")
 
 STREAM = "MEMORY"
-SUBJECTS = [Embedded.SUBJECT, "engram.memory.deleted"]
+SUBJECTS = [Embedded.SUBJECT, Deleted.SUBJECT, IngestRejected.SUBJECT]
+CONSUMER = "store"
+
+
+class StoreProjection(Projection):
+    """The store as a projection: ``last_seq`` is the store's ``applied_seq``."""
+
+    stream = STREAM
+    subjects = SUBJECTS
+    threaded = True
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    @property
+    def last_seq(self) -> int:
+        return self.store.applied_seq
+
+    @last_seq.setter
+    def last_seq(self, seq: int) -> None:
+        if seq > self.store.applied_seq:
+            self.store.skip_to(seq)
+
+    def apply(self, seq: int, event: Event) -> None:
+        self.store.apply_batch([(seq, event)], raise_on_reject=True)
+
+    def apply_batch(self, items: Sequence[Replayed]) -> BatchOutcome:
+        out = BatchOutcome()
+        good: list[tuple[int, Any]] = []
+        by_seq: dict[int, Replayed] = {}
+        for item in items:
+            by_seq[item.seq] = item
+            if item.event is None:
+                out.failures.append(
+                    Failure(item, f"malformed event: {item.error}", "EventDecodeError")
+                )
+            else:
+                good.append((item.seq, item.event))
+        out.results = self.store.apply_batch(good)
+        for res in out.results:
+            if res.kind == "rejected" and res.error_type != "IngestRejected":
+                out.failures.append(Failure(by_seq[res.seq], res.error, res.error_type))
+        if items:
+            self.store.skip_to(items[-1].seq)  # a malformed tail is seen, not re-read
+        return out
+
+    def snapshot(self) -> None:
+        self.store.snapshot()
+
+    def begin_snapshot(self) -> Callable[[], None]:
+        write = self.store.begin_snapshot()
+
+        def persist() -> None:
+            write()
+
+        return persist
+
+    def reset(self) -> None:
+        self.store.reset()
 
 
 @dataclass
@@ -43,215 +104,153 @@ class _RunnerStats:
     stored: int = 0
     duplicates: int = 0
     rejected: int = 0
-    malformed: int = 0
-    errors: int = 0
+    refused: int = 0  # events the store could not apply (dead-lettered when publishing)
+    malformed: int = 0  # of which not a known event at all
+    dead_lettered: int = 0
+    notices: int = 0
+    errors: int = 0  # recovered: a broken subscription, a failed snapshot
     last_error: str = ""
 
 
-@dataclass
-class StoreRunner:
-    js: JetStreamContext
-    store: MemoryStore
-    publisher: Publisher | None = None  # None: do not publish Stored / dead letters
-    producer: str = ""
-    batch: int = 256
-    idle_s: float = 0.2
-    snapshot_every_events: int = 5000
-    snapshot_every_s: float = 60.0
-    stats: _RunnerStats = field(default_factory=_RunnerStats)
-    _waiters: dict[str, list[asyncio.Future[ApplyResult]]] = field(default_factory=dict)
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _since_snapshot: int = 0
-    _last_snapshot: float = field(default_factory=time.monotonic)
-    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+class StoreRunner(ProjectionRunner):
+    """Follows MEMORY into a :class:`MemoryStore` (see the module's docstring)."""
 
-    def stop(self) -> None:
-        self._stop.set()
+    def __init__(
+        self,
+        js: JetStreamContext,
+        store: MemoryStore,
+        *,
+        publisher: Publisher | None = None,  # None: publish no notices nor dead letters
+        producer: str = "",
+        batch: int = 256,
+        idle_s: float = 0.2,
+        snapshot_every_events: int = 5000,
+        snapshot_every_s: float = 60.0,
+    ) -> None:
+        super().__init__(
+            js,
+            StoreProjection(store),
+            snapshot_every_events=snapshot_every_events,
+            snapshot_every_s=snapshot_every_s,
+            batch=batch,
+            idle_s=idle_s,
+        )
+        self.store = store
+        self.publisher = publisher
+        self.producer = producer
+        self.stats = _RunnerStats()
+        self._waiters: dict[str, list[asyncio.Future[ApplyResult]]] = {}
 
     # --- waiting for a request ------------------------------------------------------------
 
-    def expect(self, request_id: str) -> asyncio.Future[ApplyResult]:
-        """A future resolved when the memory of ``request_id`` is applied. Register it
-        *before* publishing the request."""
+    def expect(self, request_key: str) -> asyncio.Future[ApplyResult]:
+        """A future resolved when the request ``request_key`` (``Event.request_key()``) is
+        stored or rejected. Register it *before* publishing the request."""
         fut: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(request_id, []).append(fut)
+        self._waiters.setdefault(request_key, []).append(fut)
         return fut
 
-    def forget(self, request_id: str, fut: asyncio.Future[ApplyResult]) -> None:
-        futs = self._waiters.get(request_id)
+    def forget(self, request_key: str, fut: asyncio.Future[ApplyResult]) -> None:
+        futs = self._waiters.get(request_key)
         if futs and fut in futs:
             futs.remove(fut)
             if not futs:
-                del self._waiters[request_id]
+                del self._waiters[request_key]
 
     async def wait_for_seq(self, seq: int, timeout: float = 10.0) -> bool:
-        async def _wait() -> None:
-            async with self._changed:
-                await self._changed.wait_for(lambda: self.store.applied_seq >= seq)
+        """Wait until MEMORY ``seq`` is applied; False on timeout."""
+        return await self.wait_for(seq, timeout)
 
-        try:
-            await asyncio.wait_for(_wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+    # --- hooks ------------------------------------------------------------------------------
 
-    # --- the loop -------------------------------------------------------------------------
-
-    async def _consumer(self) -> tuple[Any, str]:
-        name = f"store-{uuid.uuid4().hex[:12]}"
-        config = api.ConsumerConfig(
-            name=name,
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=self.store.applied_seq + 1,
-            ack_policy=api.AckPolicy.NONE,
-            inactive_threshold=30.0,
-            filter_subjects=SUBJECTS,
-            mem_storage=True,
-        )
-        await self.js.add_consumer(STREAM, config=config)
-        sub = await self.js.pull_subscribe_bind(consumer=name, stream=STREAM)
-        return sub, name
-
-    async def _pass(self, follow: bool, end_seq: int = 0) -> int:
-        """Read from applied_seq + 1; without ``follow`` stop at ``end_seq``."""
-        applied = 0
-        sub, name = await self._consumer()
-        try:
-            while not self._stop.is_set():
-                try:
-                    msgs = await sub.fetch(self.batch, timeout=self.idle_s)
-                except (TimeoutError, FetchTimeoutError, NatsTimeoutError):
-                    if not follow:
-                        return applied  # the rest was filtered out
-                    await self._maybe_snapshot()
-                    continue
-                applied += await self._apply(msgs)
-                await self._maybe_snapshot()
-                if not follow and self.store.applied_seq >= end_seq:
-                    return applied
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-            with contextlib.suppress(Exception):
-                await self.js.delete_consumer(STREAM, name)
-        return applied
-
-    async def _apply(self, msgs: list[Any]) -> int:
-        items: list[tuple[int, Any]] = []
-        bad: list[tuple[Any, str]] = []
-        last = self.store.applied_seq
-        for msg in msgs:
-            seq = msg.metadata.sequence.stream
-            if seq <= last:
-                continue
-            last = seq
-            try:
-                items.append((seq, decode(msg.data)))
-            except EventDecodeError as exc:
-                bad.append((msg, f"malformed event: {exc}"))
-        results = await asyncio.to_thread(self.store.apply_batch, items) if items else []
-        self.store.skip_to(last)
+    async def applied(self, results: list[Any]) -> None:
         self.stats.batches += 1
-        self._since_snapshot += len(items)
-        stored: list[Stored] = []
-        by_seq = {seq: ev for seq, ev in items}
+        notices: list[Stored] = []
         for res in results:
-            if res.kind == "rejected":
+            if res.kind == "stored":
+                self.stats.stored += 1
+            elif res.kind == "duplicate":
+                self.stats.duplicates += 1
+            elif res.kind == "rejected":
                 self.stats.rejected += 1
-                bad.append((by_seq[res.seq], res.error))
-            elif res.kind in ("stored", "duplicate"):
-                if res.kind == "stored":
-                    self.stats.stored += 1
-                else:
-                    self.stats.duplicates += 1
-                ev = by_seq[res.seq]
-                stored.append(
-                    Stored(
-                        cid=res.cid,
-                        request_id=res.request_id,
-                        duplicate=res.kind == "duplicate",
-                        causation_id=ev.event_id,
-                        producer=self.producer,
-                    )
-                )
-            if res.request_id:
-                for fut in self._waiters.pop(res.request_id, []):
+            if res.kind in ("stored", "duplicate") and res.seq > self.store.notified_seq:
+                notices.append(self._notice(res))
+            if res.request_key:
+                for fut in self._waiters.pop(res.request_key, []):
                     if not fut.done():
                         fut.set_result(res)
-        async with self._changed:
-            self._changed.notify_all()
-        if self.publisher is not None:
-            if stored:
-                await self.publisher.publish_many(stored)
-            for item, error in bad:
-                await self._dead_letter(item, error)
-        return len(results)
+        await self._notify_stored(notices, self.store.applied_seq)
 
-    async def _dead_letter(self, item: Any, error: str) -> None:
-        assert self.publisher is not None
-        if isinstance(item, Embedded):
-            from streams.events import encode
-
-            data, subject, seq, cause = encode(item), item.SUBJECT, 0, item.event_id
-        else:  # a raw message
-            data, subject = item.data, item.subject
-            seq, cause = item.metadata.sequence.stream, None
-        self.stats.malformed += 0 if isinstance(item, Embedded) else 1
-        await self.publisher.publish(
-            DeadLettered(
-                causation_id=cause,
-                original_subject=subject,
-                original_data=data,
-                stream=STREAM,
-                stream_seq=seq,
-                consumer="store",
-                deliveries=1,
-                error=error,
-                error_type="StoreRejected",
-                producer=self.producer,
-            )
+    async def failed(self, failure: Failure) -> None:
+        item = failure.item
+        self.stats.refused += 1
+        self.stats.malformed += failure.error_type == "EventDecodeError"
+        log.warning(
+            "store refused an event", seq=item.seq, error=failure.error, type=failure.error_type
         )
-        log.warning("store dead-lettered an event", error=error, subject=subject)
-
-    async def _maybe_snapshot(self, force: bool = False) -> None:
-        due = self._since_snapshot >= self.snapshot_every_events or (
-            self._since_snapshot > 0
-            and time.monotonic() - self._last_snapshot >= self.snapshot_every_s
+        if self.publisher is None:
+            return
+        dead = DeadLettered(
+            causation_id=item.event.event_id if item.event is not None else None,
+            original_subject=item.subject,
+            original_data=item.data,
+            stream=STREAM,
+            stream_seq=item.seq,
+            consumer=CONSUMER,
+            deliveries=1,
+            error=failure.error,
+            error_type=failure.error_type,
+            producer=self.producer,
         )
-        if force or due:
-            await asyncio.to_thread(self.store.snapshot)
-            self._since_snapshot = 0
-            self._last_snapshot = time.monotonic()
+        publisher = self.publisher
+        await retry(lambda: publisher.publish(dead), what="dead letter", stop=self._stop)
+        self.stats.dead_lettered += 1
+
+    def note_error(self, exc: BaseException) -> None:
+        super().note_error(exc)
+        self.stats.errors, self.stats.last_error = self.errors, self.last_error
+
+    # --- notices --------------------------------------------------------------------------
+
+    def _notice(self, res: ApplyResult) -> Stored:
+        return Stored(
+            cid=res.cid,
+            request_id=res.request_id,
+            duplicate=res.kind == "duplicate",
+            memory_seq=res.seq,
+            caller=res.caller,
+            request_kind=res.request_kind,
+            producer=self.producer,
+        )
+
+    async def _notify_stored(self, notices: list[Stored], upto: int) -> None:
+        """Publish ``Stored`` notices, then raise the high-water mark to ``upto``."""
+        if self.publisher is None or upto <= self.store.notified_seq:
+            return
+        if notices:
+            publisher = self.publisher
+            await retry(lambda: publisher.publish_many(notices), what="notices", stop=self._stop)
+            self.stats.notices += len(notices)
+        await asyncio.to_thread(self.store.mark_notified, upto)
+
+    async def _publish_owed(self) -> None:
+        """Notices for what the last snapshot holds beyond the high-water mark (a crash
+        between a snapshot and the notices of its last batches)."""
+        if self.publisher is None or self.store.notified_seq >= self.store.applied_seq:
+            return
+        upto = self.store.applied_seq
+        while self.store.notified_seq < upto:
+            owed = await asyncio.to_thread(self.store.stored_since, self.store.notified_seq)
+            owed = [r for r in owed if r.seq <= upto]
+            last = owed[-1].seq if len(owed) >= 10_000 else upto
+            await self._notify_stored([self._notice(r) for r in owed], last)
+
+    # --- lifecycle ------------------------------------------------------------------------
 
     async def catch_up(self) -> int:
-        """Apply everything up to the stream's current end (no waiting for more)."""
-        info = await self.js.stream_info(STREAM)
-        end = info.state.last_seq
-        if end <= self.store.applied_seq:
-            return 0
-        return await self._pass(follow=False, end_seq=end)
-
-    async def rebuild(self) -> int:
-        """Forget the store and replay MEMORY from sequence 1, then snapshot."""
-        await asyncio.to_thread(self.store.reset)
-        n = await self.catch_up()
-        await self._maybe_snapshot(force=True)
-        return n
+        await self._publish_owed()
+        return await super().catch_up()
 
     async def run(self) -> None:
-        """Follow the stream until :meth:`stop`, resuming after connection trouble."""
-        log.info("store projection resuming", from_seq=self.store.applied_seq + 1)
-        try:
-            while not self._stop.is_set():
-                try:
-                    await self._pass(follow=True)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self.stats.errors += 1
-                    self.stats.last_error = repr(exc)
-                    log.warning("store projection interrupted; resuming", error=repr(exc))
-                    await asyncio.sleep(0.5)
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.store.snapshot)
+        await self._publish_owed()
+        await super().run()

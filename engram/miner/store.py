@@ -41,15 +41,16 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
 
-from streams.errors import InputError
+from engram import core as _core
+from streams.errors import InputError, short
 
 try:  # onnxruntime must be loaded before usearch: the other order segfaults when a
     import onnxruntime  # noqa: F401  # model is loaded later (native library clash,
@@ -57,7 +58,18 @@ except ImportError:  # pragma: no cover  # usearch 2.26.6 + onnxruntime 1.31.1)
     pass
 from usearch.index import Index
 
-__all__ = ["ApplyResult", "Hit", "MemoryStore", "Record", "StoreError", "matches_filter"]
+__all__ = [
+    "ApplyResult",
+    "FilterTooBroad",
+    "Hit",
+    "MemoryStore",
+    "NamespaceLimit",
+    "Record",
+    "RequestStatus",
+    "StoreError",
+    "canonical_value",
+    "matches_filter",
+]
 
 Vector = npt.NDArray[np.float32]
 
@@ -78,14 +90,59 @@ CREATE TABLE IF NOT EXISTS memories (
 CREATE INDEX IF NOT EXISTS memories_cid ON memories (cid);
 CREATE INDEX IF NOT EXISTS memories_request ON memories (request_id);
 CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta_kv (
+    namespace TEXT NOT NULL,
+    k         TEXT NOT NULL,
+    v         TEXT NOT NULL,
+    key       INTEGER NOT NULL,
+    PRIMARY KEY (namespace, k, v, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS meta_kv_key ON meta_kv (key);
+CREATE TABLE IF NOT EXISTS requests (
+    rkey       TEXT PRIMARY KEY,
+    status     TEXT NOT NULL,
+    cid        TEXT,
+    namespace  TEXT NOT NULL DEFAULT '',
+    reason     TEXT NOT NULL DEFAULT '',
+    request_id TEXT NOT NULL DEFAULT '',
+    caller     TEXT NOT NULL DEFAULT '',
+    kind       TEXT NOT NULL DEFAULT '',
+    seq        INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_seq ON requests (seq);
 """
 
-#: Filters matching at most this many records are ranked exactly when HNSW falls short.
-EXACT_FALLBACK_MAX = 20_000
+#: A filter matching at most this many records is ranked exactly (recall 1); the matching
+#: keys come from the ``meta_kv`` index, never from a scan of the namespace.
+FILTER_EXACT_MAX = 4096
+#: A broader filter is answered by over-fetching from HNSW, at most this many neighbours;
+#: if that still finds fewer than ``k`` matches the query is refused (FilterTooBroad).
+FILTER_FETCH_MAX = 20_000
+#: Namespaces one store holds by default (each is an index in memory); more are refused.
+MAX_NAMESPACES = 1024
+#: The longest reason (dead letter cause, rejected status) the store records.
+MAX_REASON = 500
 
 
 class StoreError(InputError):
     """An event or query the store cannot apply (wrong dimension, non-finite vector...)."""
+
+
+class FilterTooBroad(StoreError):
+    """A filtered query whose matches are too many to rank exactly and too rare among the
+    nearest neighbours to find by a bounded over-fetch."""
+
+
+class NamespaceLimit(StoreError):
+    """The store already holds its maximum number of namespaces."""
+
+
+def canonical_value(value: Any) -> str:
+    """How a metadata value is indexed and compared: canonical JSON, so ``True`` and ``1``
+    differ (JSON semantics) while an integral float equals its int (``1.0 == 1``)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        value = int(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +176,21 @@ class ApplyResult:
     request_id: str = ""
     namespace: str = ""
     error: str = ""
+    error_type: str = ""
+    request_key: str = ""
+    caller: str = ""
+    request_kind: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStatus:
+    """What became of one ingest request (by its key, see ``streams.events.request_key``)."""
+
+    status: str  # "stored" | "rejected"
+    cid: str | None
+    reason: str
+    namespace: str
+    seq: int
 
 
 @dataclass(slots=True)
@@ -139,8 +211,10 @@ class _SnapshotView:
     seq: int
     tmp: Path
     reader: sqlite3.Connection  # in a read transaction on live.sqlite, snap attached
-    blobs: dict[str, bytes]  # namespace -> serialised index
+    blobs: dict[str, bytes]  # namespace -> serialised index (changed since the last one)
     counts: dict[str, int]
+    reuse: dict[str, Path] = field(default_factory=dict)  # unchanged: the last file
+    taken: set[str] = field(default_factory=set)  # the dirty set this view consumed
 
     def close(self) -> None:
         self.reader.close()
@@ -177,9 +251,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 class MemoryStore:
-    """Not async: callers in an event loop run ``apply_batch``/``snapshot`` in a thread.
-    All public methods are serialised by one lock, so queries may come from any thread;
-    a snapshot holds it only to pin a consistent view, not while it writes files."""
+    """Not async: callers in an event loop run every method but the counters in a thread.
+
+    Two locks: ``_lock`` serialises the live sqlite connection and the indexes between
+    queries and applies (held for one query or one batch); ``_write_lock`` serialises the
+    writers (applies, reset) with a snapshot pinning its view. A snapshot never takes
+    ``_lock``, so queries run while it serialises the indexes and writes files. ``len()``,
+    ``applied_seq`` and ``namespace_count`` are plain attributes, readable without a lock.
+    """
 
     def __init__(
         self,
@@ -190,6 +269,7 @@ class MemoryStore:
         connectivity: int = 16,
         expansion_add: int = 128,
         expansion_search: int = 64,
+        max_namespaces: int = MAX_NAMESPACES,
     ) -> None:
         self.root = Path(root)
         self.dim = dim
@@ -197,9 +277,17 @@ class MemoryStore:
         self.connectivity = connectivity
         self.expansion_add = expansion_add
         self.expansion_search = expansion_search
+        self.max_namespaces = max_namespaces
         self._lock = threading.RLock()
-        # one snapshot at a time; always taken before ``_lock``, never while holding it
-        self._snap_lock = threading.RLock()
+        # writers and a snapshot's pinning; taken before ``_lock``, never while holding it
+        self._write_lock = threading.RLock()
+        # one snapshot at a time, from its pinning to its publication (a Lock, not an
+        # RLock: the thread that writes a snapshot may not be the one that pinned it);
+        # taken before ``_write_lock``
+        self._snap_gate = threading.Lock()
+        self._live = 0  # live vectors, kept for lock-free readers (/health, /metrics)
+        self.namespace_count = 0
+        self.notified_seq = 0
         self._snap_counter = 0
         self._indexes: dict[str, Index] = {}
         self._db: sqlite3.Connection | None = None
@@ -249,7 +337,9 @@ class MemoryStore:
         self._db = db
         row = db.execute("SELECT v FROM state WHERE k='applied_seq'").fetchone()
         self.applied_seq = int(row[0]) if row else 0
+        self._backfill_meta_kv(db)
         self._indexes = {}
+        self._dirty: set[str] = set()  # namespaces changed since the current snapshot
         if snap is not None:
             manifest = json.loads((snap / "manifest.json").read_text())
             for ns in manifest["namespaces"]:
@@ -261,20 +351,65 @@ class MemoryStore:
                 idx.expansion_add = self.expansion_add  # type: ignore[misc]
                 self._indexes[ns] = idx
             self.stats.last_snapshot_seq = int(manifest["seq"])
+        self._recount()
+        notified = self.root / "NOTIFIED"
+        if notified.exists():
+            self.notified_seq = int(notified.read_text() or 0)
+        else:  # a new store (0), or one from before the mark: its notices went out already
+            self.notified_seq = -1
+            self.mark_notified(self.applied_seq)
+
+    @staticmethod
+    def _backfill_meta_kv(db: sqlite3.Connection) -> None:
+        """A snapshot written before the ``meta_kv`` filter index: fill it once."""
+        if db.execute("SELECT 1 FROM state WHERE k='meta_kv'").fetchone():
+            return
+        db.execute("BEGIN")
+        if db.execute("SELECT 1 FROM meta_kv LIMIT 1").fetchone() is None:
+            for key, ns, meta in db.execute(
+                "SELECT key, namespace, metadata FROM memories WHERE deleted=0"
+            ).fetchall():
+                db.executemany(
+                    "INSERT OR IGNORE INTO meta_kv (namespace, k, v, key) VALUES (?,?,?,?)",
+                    [(ns, k, canonical_value(v), key) for k, v in json.loads(meta).items()],
+                )
+        db.execute("INSERT OR REPLACE INTO state (k, v) VALUES ('meta_kv', '1')")
+        db.execute("COMMIT")
+
+    def _recount(self) -> None:
+        self._live = sum(len(i) for i in self._indexes.values())
+        self.namespace_count = len(self._indexes)
+
+    def mark_notified(self, seq: int) -> None:
+        """Record that notices (``Stored``) were published for every sequence up to ``seq``.
+
+        Kept outside the snapshots, so a restart from an older snapshot does not publish
+        them again while it replays; the rename is atomic (a process crash leaves the old
+        or the new value, and the message id de-duplicates the gap)."""
+        if seq <= self.notified_seq:
+            return
+        tmp = self.root / "NOTIFIED.tmp"
+        tmp.write_text(str(seq))
+        tmp.replace(self.root / "NOTIFIED")
+        self.notified_seq = seq
 
     def close(self) -> None:
-        with self._snap_lock, self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-            lockfile, self._lockfile = self._lockfile, None
-            if lockfile is not None:
-                lockfile.close()
+        with self._snap_gate, self._write_lock, self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        """Close the connection and the LOCK file (callers hold every lock)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        lockfile, self._lockfile = self._lockfile, None
+        if lockfile is not None:
+            lockfile.close()
 
     def reset(self) -> None:
         """Forget everything (snapshots included): the start of a rebuild from seq 1."""
-        with self._snap_lock, self._lock:
-            self.close()
+        with self._snap_gate, self._write_lock, self._lock:
+            self._close()
             if self._snapdir.exists():
                 shutil.rmtree(self._snapdir)
             (self.root / "CURRENT").unlink(missing_ok=True)
@@ -287,9 +422,21 @@ class MemoryStore:
             raise StoreError("store is closed")
         return self._db
 
+    def accepts_namespace(self, namespace: str) -> bool:
+        """Whether an ingest into ``namespace`` can be stored (lock-free, advisory)."""
+        return namespace in self._indexes or self.namespace_count < self.max_namespaces
+
+    def _check_namespace(self, namespace: str) -> None:
+        if namespace not in self._indexes and len(self._indexes) >= self.max_namespaces:
+            raise NamespaceLimit(
+                f"this node holds its limit of {self.max_namespaces} namespaces; "
+                f"{short(namespace)} would be one more"
+            )
+
     def _index(self, namespace: str) -> Index:
         idx = self._indexes.get(namespace)
         if idx is None:
+            self._check_namespace(namespace)
             idx = Index(
                 ndim=self.dim,
                 metric="ip",
@@ -299,6 +446,7 @@ class MemoryStore:
                 expansion_search=self.expansion_search,
             )
             self._indexes[namespace] = idx
+            self.namespace_count = len(self._indexes)
         return idx
 
     # --- applying events ----------------------------------------------------------------
@@ -329,10 +477,11 @@ class MemoryStore:
         row = db.execute(
             "SELECT key, deleted FROM memories WHERE namespace=? AND cid=?", (namespace, cid)
         ).fetchone()
-        idx = self._index(namespace)
-        if row is not None and not row[1] and int(row[0]) in idx:
+        known = self._indexes.get(namespace)
+        if row is not None and not row[1] and known is not None and int(row[0]) in known:
             self.stats.duplicates += 1
             return ApplyResult(seq, "duplicate", cid, request_id, namespace)
+        self._check_namespace(namespace)
         meta_json = json.dumps(dict(metadata), sort_keys=True, separators=(",", ":"))
         blob = vec.astype("<f4").tobytes()
         if row is None:
@@ -349,9 +498,19 @@ class MemoryStore:
                 " text=?, deleted=0, seq=? WHERE key=?",
                 (meta_json, blob, model_version, request_id, text, seq, key),
             )
+        db.execute("DELETE FROM meta_kv WHERE key=?", (key,))
+        db.executemany(
+            "INSERT INTO meta_kv (namespace, k, v, key) VALUES (?,?,?,?)",
+            [(namespace, k, canonical_value(v), key) for k, v in metadata.items()],
+        )
+        # the index last: what raised before left nothing behind (the savepoint undoes sqlite)
+        idx = self._index(namespace)
         if key in idx:  # an updated vector is remove + add: a duplicate key raises
             idx.remove(key)
+        else:
+            self._live += 1
         idx.add(key, vec)
+        self._dirty.add(namespace)
         self.stats.applied += 1
         return ApplyResult(seq, "stored", cid, request_id, namespace)
 
@@ -367,62 +526,170 @@ class MemoryStore:
             idx = self._indexes.get(ns)
             if idx is not None and int(key) in idx:
                 idx.remove(int(key))
+                self._live -= 1
+                self._dirty.add(ns)
             db.execute("UPDATE memories SET deleted=1, seq=? WHERE key=?", (seq, key))
+            db.execute("DELETE FROM meta_kv WHERE key=?", (key,))
         self.stats.deletes += len(rows)
         return ApplyResult(seq, "deleted" if rows else "skipped", cid)
+
+    def _expected_cids(self, items: list[tuple[int, Any]]) -> dict[int, str | Exception]:
+        """The CID each ``Embedded`` should carry, recomputed from its content (in batches
+        per model version; a batch that fails is redone row by row to find the culprit)."""
+        groups: dict[str, list[tuple[int, Any]]] = {}
+        for seq, ev in items:
+            if getattr(ev, "kind", "") == "Embedded" and seq > self.applied_seq:
+                groups.setdefault(ev.model_version, []).append((seq, ev))
+        out: dict[int, str | Exception] = {}
+        for mv, group in groups.items():
+            try:
+                matrix = np.stack([self._vector(ev.vector) for _, ev in group])
+                cids = _core.compute_cids(matrix, [ev.metadata for _, ev in group], mv)
+                out.update({seq: cid for (seq, _), cid in zip(group, cids, strict=True)})
+            except Exception:
+                for seq, ev in group:
+                    try:
+                        vec = self._vector(ev.vector)[None, :]
+                        out[seq] = _core.compute_cids(vec, [ev.metadata], mv)[0]
+                    except Exception as exc:
+                        out[seq] = exc
+        return out
+
+    def _apply_one(self, seq: int, ev: Any, expected: str | Exception | None) -> ApplyResult | None:
+        kind = getattr(ev, "kind", type(ev).__name__)
+        if kind == "Embedded":
+            if isinstance(expected, Exception):
+                raise StoreError(f"cannot compute the CID: {expected}")
+            if expected is not None and expected != ev.cid:
+                raise StoreError(
+                    f"CID mismatch: the event says {short(ev.cid)}, its content gives {expected}"
+                )
+            res = self._put(
+                seq,
+                cid=ev.cid,
+                vector=ev.vector,
+                metadata=ev.metadata,
+                namespace=ev.namespace,
+                model_version=ev.model_version,
+                request_id=ev.request_id,
+                text=ev.text,
+            )
+            return self._with_request(res, ev)
+        if kind == "Deleted":
+            return self._delete(seq, ev.cid)
+        if kind == "IngestRejected":
+            reason = ev.reason[:MAX_REASON]
+            res = ApplyResult(seq, "rejected", "", ev.request_id, ev.namespace, reason)
+            return self._with_request(res, ev, error_type="IngestRejected")
+        return None
+
+    def _with_request(self, res: ApplyResult, ev: Any, error_type: str = "") -> ApplyResult:
+        if not ev.request_id:
+            return res
+        key = ev.request_key()
+        res = replace(
+            res,
+            request_key=key,
+            caller=ev.caller,
+            request_kind=ev.request_kind,
+            error_type=error_type or res.error_type,
+        )
+        self._record_request(res)
+        return res
+
+    def _record_request(self, res: ApplyResult) -> None:
+        status = "rejected" if res.kind == "rejected" else "stored"
+        # a stored outcome is final: a later rejection of the same key does not undo it
+        self.db.execute(
+            "INSERT INTO requests (rkey, status, cid, namespace, reason, request_id, caller,"
+            " kind, seq) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (rkey) DO UPDATE SET"
+            " status=excluded.status, cid=excluded.cid, namespace=excluded.namespace,"
+            " reason=excluded.reason, seq=excluded.seq WHERE requests.status != 'stored'",
+            (
+                res.request_key,
+                status,
+                res.cid or None,
+                res.namespace,
+                res.error[:MAX_REASON],
+                res.request_id,
+                res.caller,
+                res.request_kind,
+                res.seq,
+            ),
+        )
 
     def apply_batch(
         self, items: Iterable[tuple[int, Any]], *, raise_on_reject: bool = False
     ) -> list[ApplyResult]:
-        """Apply ``(stream_seq, event)`` pairs in order; events at or below
-        ``applied_seq`` are skipped (replay after a snapshot). Understands ``Embedded`` and
-        ``Deleted``; any other event only advances the sequence. A malformed ``Embedded`` (wrong
-        dimension, NaN) changes nothing and comes back as a ``rejected`` result with the
-        reason (or raises :class:`StoreError` with ``raise_on_reject``; the items before it
-        stay applied)."""
+        """Apply ``(stream_seq, event)`` pairs in order, in one transaction; events at or
+        below ``applied_seq`` are skipped (replay after a snapshot).
+
+        Understands ``Embedded`` (its CID is recomputed from its content and must match),
+        ``Deleted`` and ``IngestRejected``; any other event only advances the sequence. An
+        event that cannot be applied, for any reason, changes nothing (a savepoint per
+        event) and comes back as a ``rejected`` result with the cause; the others are
+        applied. With ``raise_on_reject`` a :class:`StoreError` is raised instead (the
+        items before it stay applied)."""
+        todo = list(items)
         results: list[ApplyResult] = []
-        with self._lock:
-            db = self.db
-            db.execute("BEGIN")
+        with self._write_lock:  # one writer; a snapshot pins between transactions
+            expected = self._expected_cids(todo)  # CPU work, no lock a query waits for
+            with self._lock:
+                db = self.db
+                db.execute("BEGIN")
             try:
-                for seq, ev in items:
+                for seq, ev in todo:
                     if seq <= self.applied_seq:
                         continue
-                    kind = getattr(ev, "kind", type(ev).__name__)
-                    if kind == "Embedded":
+                    # ``_lock`` per event, not per batch: a query waits for one event at
+                    # most (it reads the same connection, so it sees the batch so far)
+                    with self._lock:
+                        db.execute("SAVEPOINT ev")
                         try:
-                            res = self._put(
-                                seq,
-                                cid=ev.cid,
-                                vector=ev.vector,
-                                metadata=ev.metadata,
-                                namespace=ev.namespace,
-                                model_version=ev.model_version,
-                                request_id=ev.request_id,
-                                text=ev.text,
-                            )
-                        except StoreError as exc:
-                            if raise_on_reject:
+                            res = self._apply_one(seq, ev, expected.get(seq))
+                            db.execute("RELEASE ev")
+                        except Exception as exc:
+                            db.execute("ROLLBACK TO ev")
+                            db.execute("RELEASE ev")
+                            if raise_on_reject and isinstance(exc, StoreError):
                                 raise
-                            res = ApplyResult(
-                                seq, "rejected", ev.cid, ev.request_id, ev.namespace, str(exc)
-                            )
-                        results.append(res)
-                    elif kind == "Deleted":
-                        results.append(self._delete(seq, ev.cid))
-                    self.applied_seq = seq
+                            res = self._refused(seq, ev, exc)
+                        if res is not None:
+                            results.append(res)
+                        self.applied_seq = seq
             finally:
-                db.execute(
-                    "INSERT OR REPLACE INTO state (k, v) VALUES ('applied_seq', ?)",
-                    (str(self.applied_seq),),
-                )
-                db.execute("COMMIT")
+                with self._lock:
+                    db.execute(
+                        "INSERT OR REPLACE INTO state (k, v) VALUES ('applied_seq', ?)",
+                        (str(self.applied_seq),),
+                    )
+                    db.execute("COMMIT")
+                    self._recount()
         return results
+
+    def _refused(self, seq: int, ev: Any, exc: Exception) -> ApplyResult:
+        expected = isinstance(exc, StoreError)
+        error = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+        res = ApplyResult(
+            seq,
+            "rejected",
+            str(getattr(ev, "cid", "")),
+            str(getattr(ev, "request_id", "")),
+            str(getattr(ev, "namespace", "")),
+            error[:MAX_REASON],
+            "StoreRejected" if expected else "ApplyError",
+        )
+        if getattr(ev, "request_id", "") and hasattr(ev, "request_key"):
+            try:
+                return self._with_request(res, ev)
+            except Exception:  # recording the refusal must not fail the batch
+                return res
+        return res
 
     def skip_to(self, seq: int) -> None:
         """Record that everything up to ``seq`` was seen (e.g. an event another consumer
         dead-lettered), so it is not re-read."""
-        with self._lock:
+        with self._write_lock, self._lock:
             if seq > self.applied_seq:
                 self.applied_seq = seq
                 self.db.execute(
@@ -433,21 +700,48 @@ class MemoryStore:
 
     def snapshot(self, keep: int = 2) -> Path:
         """Write index files + metadata + applied_seq as one snapshot, publish it by an
-        atomic rename of ``CURRENT``, and prune older snapshots.
+        atomic rename of ``CURRENT``, and prune older snapshots."""
+        return self.begin_snapshot(keep)()
 
-        Queries and applies keep running while the files are written: under the store lock
-        we only pin a consistent view (a sqlite read transaction on a second connection,
-        which WAL keeps at that point while the live connection goes on writing, and each
-        index serialised to memory); the copying, writing and fsyncs happen outside it.
-        One snapshot runs at a time."""
-        with self._snap_lock:
+    def begin_snapshot(self, keep: int = 2) -> Callable[[], Path]:
+        """Pin a snapshot of the state as it is now; return the call that writes and
+        publishes it (run it next, in any thread: until it has run, no other snapshot,
+        ``close`` or ``reset`` starts).
+
+        Pinning holds the writer lock only (no apply runs; queries go on): a sqlite read
+        transaction on a second connection, which WAL keeps at that point while the live
+        connection goes on writing, and an in-memory copy of each index that changed since
+        the last snapshot. The copying, writing and fsyncs happen in the returned call,
+        with no lock held."""
+        self._snap_gate.acquire()
+        try:
             view = self._freeze()
-            if isinstance(view, Path):  # already the current snapshot
-                return view
+        except BaseException:
+            self._snap_gate.release()
+            raise
+        if isinstance(view, Path):  # already the current snapshot
+            self._snap_gate.release()
+            current = view
+            return lambda: current
+        pinned = view
+        done = False
+
+        def write() -> Path:
+            nonlocal done
+            if done:
+                raise StoreError("this snapshot was already written")
+            done = True
             try:
-                return self._write_snapshot(view, keep)
+                return self._write_snapshot(pinned, keep)
+            except BaseException:
+                with self._write_lock:  # not written: those namespaces are still changed
+                    self._dirty |= pinned.taken
+                raise
             finally:
-                view.close()
+                pinned.close()
+                self._snap_gate.release()
+
+        return write
 
     def _freeze(self) -> _SnapshotView | Path:
         """A consistent view of the store as of ``applied_seq`` (short: holds the lock)."""
@@ -465,7 +759,8 @@ class MemoryStore:
         )
         try:
             reader.execute("ATTACH DATABASE ? AS snap", (str(tmp / "meta.sqlite"),))
-            with self._lock:
+            # no writer runs while the view is pinned; queries (``_lock``) go on meanwhile
+            with self._write_lock:
                 seq = self.applied_seq
                 name = f"{seq:020d}"
                 cur = self.root / "CURRENT"
@@ -474,23 +769,32 @@ class MemoryStore:
                         reader.close()
                         shutil.rmtree(tmp, ignore_errors=True)
                         return self._snapdir / name
-                # pin the read snapshot: every write so far is committed under this lock
+                # pin the read snapshot: every write so far is committed (writers hold this
+                # lock for their whole transaction)
                 reader.execute("BEGIN")
                 row = reader.execute("SELECT v FROM main.state WHERE k='applied_seq'").fetchone()
                 if int(row[0] if row else 0) != seq:
                     raise StoreError("the metadata and the applied sequence disagree")
                 blobs: dict[str, bytes] = {}
                 counts: dict[str, int] = {}
+                reuse: dict[str, Path] = {}
+                prev = self.current_snapshot()
                 for ns in sorted(self._indexes):
-                    data = self._indexes[ns].save()  # a memory copy, not a file write
+                    counts[ns] = len(self._indexes[ns])
+                    old = prev / _ns_file(ns) if prev is not None else None
+                    if ns not in self._dirty and old is not None and old.exists():
+                        reuse[ns] = old  # unchanged since then: link, do not serialise
+                        continue
+                    # a memory copy, not a file write; usearch holds the GIL meanwhile
+                    data = self._indexes[ns].save()
                     assert data is not None
                     blobs[ns] = bytes(data)
-                    counts[ns] = len(self._indexes[ns])
+                taken, self._dirty = self._dirty, set()
         except BaseException:
             reader.close()
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return _SnapshotView(seq, tmp, reader, blobs, counts)
+        return _SnapshotView(seq, tmp, reader, blobs, counts, reuse, taken)
 
     def _write_snapshot(self, view: _SnapshotView, keep: int) -> Path:
         """Write the files of a frozen view and publish them (no store lock held)."""
@@ -498,13 +802,20 @@ class MemoryStore:
         db = view.reader
         db.execute("INSERT INTO snap.memories SELECT * FROM main.memories")
         db.execute("INSERT INTO snap.state SELECT * FROM main.state")
+        db.execute("INSERT INTO snap.meta_kv SELECT * FROM main.meta_kv")
+        db.execute("INSERT INTO snap.requests SELECT * FROM main.requests")
         db.execute("COMMIT")
         db.execute("DETACH DATABASE snap")
         for ns, data in view.blobs.items():
             (tmp / _ns_file(ns)).write_bytes(data)
+        for ns, old in view.reuse.items():
+            try:
+                os.link(old, tmp / _ns_file(ns))  # snapshots are immutable once published
+            except OSError:
+                shutil.copyfile(old, tmp / _ns_file(ns))
         manifest = {
             "seq": view.seq,
-            "namespaces": sorted(view.blobs),
+            "namespaces": sorted(view.counts),
             "dim": self.dim,
             "dtype": self.dtype,
             "counts": view.counts,
@@ -538,8 +849,8 @@ class MemoryStore:
     # --- reading ------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        with self._lock:
-            return sum(len(i) for i in self._indexes.values())
+        """Live vectors; a plain attribute, so no lock (safe on the event loop)."""
+        return self._live
 
     def count(self, namespace: str | None = None) -> int:
         with self._lock:
@@ -581,13 +892,55 @@ class MemoryStore:
             row = self.db.execute(q, args).fetchone()
             return self._row_to_record(row) if row else None
 
-    def find_request(self, request_id: str) -> str | None:
-        """The CID stored for an ingest request id, if that request was applied."""
+    def find_request(self, request_key: str) -> RequestStatus | None:
+        """What became of an ingest request (by ``streams.events.request_key``); None while
+        it is pending (or unknown)."""
         with self._lock:
             row = self.db.execute(
-                "SELECT cid FROM memories WHERE request_id=? AND deleted=0 LIMIT 1", (request_id,)
+                "SELECT status, cid, reason, namespace, seq FROM requests WHERE rkey=?",
+                (request_key,),
             ).fetchone()
-            return str(row[0]) if row else None
+        if row is None:
+            return None
+        return RequestStatus(str(row[0]), row[1], str(row[2]), str(row[3]), int(row[4]))
+
+    def find_requests(self, request_keys: list[str]) -> dict[str, RequestStatus]:
+        """:meth:`find_request` for many keys at once (one lock, chunked queries)."""
+        out: dict[str, RequestStatus] = {}
+        with self._lock:
+            for start in range(0, len(request_keys), 900):
+                chunk = request_keys[start : start + 900]
+                marks = ",".join("?" * len(chunk))
+                for key, status, cid, reason, ns, seq in self.db.execute(
+                    "SELECT rkey, status, cid, reason, namespace, seq FROM requests"
+                    f" WHERE rkey IN ({marks})",
+                    chunk,
+                ):
+                    out[str(key)] = RequestStatus(str(status), cid, str(reason), str(ns), int(seq))
+        return out
+
+    def stored_since(self, seq: int, limit: int = 10_000) -> list[ApplyResult]:
+        """Stored requests applied after ``seq`` (oldest first): the notices a restart owes
+        when its last snapshot is newer than the notices it published."""
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT seq, cid, request_id, namespace, rkey, caller, kind FROM requests"
+                " WHERE seq > ? AND status='stored' ORDER BY seq LIMIT ?",
+                (seq, limit),
+            ).fetchall()
+        return [
+            ApplyResult(
+                int(r[0]),
+                "stored",
+                r[1] or "",
+                r[2],
+                r[3],
+                request_key=r[4],
+                caller=r[5],
+                request_kind=r[6],
+            )
+            for r in rows
+        ]
 
     def records(self, namespace: str | None = None) -> list[Record]:
         with self._lock:
@@ -629,52 +982,47 @@ class MemoryStore:
         namespace: str = "public",
         filter: Mapping[str, Any] | None = None,
     ) -> list[Hit]:
+        """The ``k`` nearest live memories of ``namespace``, best first.
+
+        With an equality ``filter`` (top-level metadata keys; JSON equality, ``True != 1``)
+        the matching keys come from the indexed ``meta_kv`` table: when at most
+        ``FILTER_EXACT_MAX`` match they are ranked exactly; otherwise HNSW is over-fetched
+        in proportion to the filter's selectivity, at most ``FILTER_FETCH_MAX`` neighbours,
+        and :class:`FilterTooBroad` is raised if that finds fewer than ``k`` (and fewer
+        than match). The cost is bounded either way; no query scans a namespace."""
         vec = self._vector(vector)
         with self._lock:
             idx = self._indexes.get(namespace)
             if idx is None or len(idx) == 0 or k <= 0:
                 return []
-            n = len(idx)
-            fetch = min(n, k if not filter else max(4 * k, 32))
-            while True:
-                m = idx.search(vec, fetch)
-                keys = [int(x) for x in m.keys]
-                meta = self._meta_for(keys)
-                hits = []
-                for key, dist in zip(keys, m.distances, strict=True):
-                    got = meta.get(key)
-                    if got is None or not matches_filter(got[1], filter):
-                        continue
+            if filter:
+                return self._filtered_search(vec, k, namespace, idx, dict(filter))
+            m = idx.search(vec, min(k, len(idx)))
+            keys = [int(x) for x in m.keys]
+            meta = self._meta_for(keys)
+            hits = []
+            for key, dist in zip(keys, m.distances, strict=True):
+                got = meta.get(key)
+                if got is not None:
                     hits.append(Hit(got[0], float(1.0 - dist), got[1], namespace, key))
-                    if len(hits) == k:
-                        return hits
-                if fetch >= n or not filter:
-                    return hits
-                # Too few matched: estimate selectivity from the records themselves.
-                return self._filtered_search(vec, k, namespace, filter, hits)
+            return hits
+
+    def _match_sql(self, namespace: str, flt: dict[str, Any]) -> tuple[str, list[Any]]:
+        parts, args = [], []
+        for k, v in sorted(flt.items()):
+            parts.append("SELECT key FROM meta_kv WHERE namespace=? AND k=? AND v=?")
+            args += [namespace, k, canonical_value(v)]
+        return " INTERSECT ".join(parts), args
 
     def _filtered_search(
-        self,
-        vec: Vector,
-        k: int,
-        namespace: str,
-        flt: Mapping[str, Any],
-        partial: list[Hit],
+        self, vec: Vector, k: int, namespace: str, idx: Index, flt: dict[str, Any]
     ) -> list[Hit]:
-        idx = self._indexes[namespace]
-        cand: list[tuple[int, str, dict[str, Any]]] = []
-        for key, cid, meta in self.db.execute(
-            "SELECT key, cid, metadata FROM memories WHERE namespace=? AND deleted=0",
-            (namespace,),
-        ):
-            md = json.loads(meta)
-            if matches_filter(md, flt):
-                cand.append((int(key), cid, md))
-        if not cand:
+        sql, args = self._match_sql(namespace, flt)
+        keys = [int(r[0]) for r in self.db.execute(f"{sql} LIMIT ?", (*args, FILTER_EXACT_MAX + 1))]
+        if not keys:
             return []
-        if len(cand) <= EXACT_FALLBACK_MAX:
+        if len(keys) <= FILTER_EXACT_MAX:
             # exact ranking over the float32 vectors of the matching records
-            keys = [c[0] for c in cand]
             vecs = np.empty((len(keys), self.dim), dtype=np.float32)
             pos = {key: i for i, key in enumerate(keys)}
             for start in range(0, len(keys), 900):
@@ -686,18 +1034,41 @@ class MemoryStore:
                     vecs[pos[int(key)]] = np.frombuffer(blob, dtype="<f4")
             scores = vecs @ vec
             top = np.argsort(-scores, kind="stable")[:k]
+            meta = self._meta_for([keys[i] for i in top])
             return [
-                Hit(cand[i][1], float(scores[i]), cand[i][2], namespace, cand[i][0]) for i in top
+                Hit(meta[keys[i]][0], float(scores[i]), meta[keys[i]][1], namespace, keys[i])
+                for i in top
+                if keys[i] in meta
             ]
-        selectivity = len(cand) / len(idx)
-        fetch = min(len(idx), math.ceil(3 * k / selectivity))
-        m = idx.search(vec, fetch)
-        by_key = {c[0]: c for c in cand}
-        hits = []
-        for key, dist in zip(m.keys, m.distances, strict=True):
-            c = by_key.get(int(key))
-            if c is not None:
-                hits.append(Hit(c[1], float(1.0 - dist), c[2], namespace, c[0]))
-                if len(hits) == k:
-                    break
-        return hits if len(hits) >= len(partial) else partial
+        # broad: over-fetch the graph; selectivity is at least FILTER_EXACT_MAX / n
+        n = len(idx)
+        selectivity = FILTER_EXACT_MAX / n
+        fetch = min(n, FILTER_FETCH_MAX, max(4 * k, math.ceil(3 * k / selectivity)))
+        while True:
+            m = idx.search(vec, fetch)
+            cand = [int(x) for x in m.keys]
+            matching: set[int] = set()
+            for start in range(0, len(cand), 900):
+                chunk = cand[start : start + 900]
+                marks = ",".join("?" * len(chunk))
+                matching.update(
+                    int(r[0])
+                    for r in self.db.execute(
+                        f"SELECT key FROM ({sql}) WHERE key IN ({marks})", (*args, *chunk)
+                    )
+                )
+            picked = [(key, d) for key, d in zip(cand, m.distances, strict=True) if key in matching]
+            if len(picked) >= k or fetch >= n:
+                break
+            if fetch >= FILTER_FETCH_MAX:
+                raise FilterTooBroad(
+                    f"the filter matches more than {FILTER_EXACT_MAX} memories but only "
+                    f"{len(picked)} of the {fetch} nearest; narrow the filter"
+                )
+            fetch = min(n, FILTER_FETCH_MAX, fetch * 4)
+        meta = self._meta_for([key for key, _ in picked[:k]])
+        return [
+            Hit(meta[key][0], float(1.0 - d), meta[key][1], namespace, key)
+            for key, d in picked[:k]
+            if key in meta
+        ]

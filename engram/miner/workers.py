@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from engram import core as _core
-from streams.events import Embedded, IngestRequested
+from streams.events import Embedded, IngestRejected, IngestRequested
 from streams.publisher import Publisher
 from streams.topology import ConsumerSpec
 from streams.worker import Delivery, Worker
@@ -77,15 +77,39 @@ class EmbedHandler:
             )
         return check_ingest(ev.text, ev.metadata, ev.namespace, self.embedder.model_version)
 
+    async def _reject(self, refused: list[tuple[Delivery, str]]) -> None:
+        """Dead-letter refused requests, and tell their clients: an ``IngestRejected`` on
+        MEMORY (the store records it; ``GET /ingest/{id}`` answers it). Published before
+        the dead letter, so an accepted ingest always ends stored or reported."""
+        notices = [
+            IngestRejected(
+                request_id=d.event.request_id,
+                reason=reason[:500],
+                caller=d.event.caller,
+                namespace=d.event.namespace,
+                producer=self.producer,
+                causation_id=d.event.event_id,
+            )
+            for d, reason in refused
+            if isinstance(d.event, IngestRequested)
+        ]
+        if notices:
+            await self.publisher.publish_many(notices)  # raises → the batch is retried
+        for d, reason in refused:
+            d.poison(reason)
+            self.rejected += 1
+
     async def __call__(self, deliveries: list[Delivery]) -> None:
         good: list[Delivery] = []
+        refused: list[tuple[Delivery, str]] = []
         for d in deliveries:
             reason = self._reason(d.event)
             if reason:
-                d.poison(reason)
-                self.rejected += 1
+                refused.append((d, reason))
             else:
                 good.append(d)
+        if refused:
+            await self._reject(refused)
         if not good:
             return
         # Batches that arrive while the model is busy wait in ``_waiting``; whichever call
@@ -156,12 +180,14 @@ class EmbedHandler:
             cids = _core.compute_cids(matrix, [r.metadata for r in reqs], mv)
         except ValueError:
             cids = []
+            refused: list[tuple[Delivery, str]] = []
             for i, r in enumerate(reqs):  # find the culprit(s); keep the rest
                 try:
                     cids.append(_core.compute_cids(matrix[i : i + 1], [r.metadata], mv)[0])
                 except ValueError as exc:
-                    chunk[i].poison(f"cannot compute the CID: {exc}")
+                    refused.append((chunk[i], f"cannot compute the CID: {exc}"))
                     cids.append("")
+            await self._reject(refused)
         vectors = matrix.astype("<f4", copy=False)
         events = [
             Embedded(
@@ -173,6 +199,8 @@ class EmbedHandler:
                 model_version=mv,
                 request_id=r.request_id,
                 text=r.text,
+                caller=r.caller,
+                request_kind="text",
                 producer=self.producer,
                 causation_id=r.event_id,
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,8 @@ from engram.miner.node import MinerNode
 from engram.miner.projection import StoreRunner
 from engram.miner.store import MemoryStore
 from engram.natsd import EmbeddedNats, free_port
-from streams.events import Deleted, IngestRequested
+from streams.events import Deleted, Embedded, IngestRequested, Stored
+from streams.replay import replay
 
 WORDS = (
     "river mountain copper violin lantern orbit harvest glacier pepper canyon meadow "
@@ -174,3 +176,128 @@ async def test_killed_worker_and_projection_lose_nothing_and_duplicate_nothing(
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+@pytest.mark.slow
+async def test_stored_is_published_once_per_memory_across_a_kill(
+    settings: Settings, nats_server: EmbeddedNats, bus: Bus, tmp_path: Path, model_cache: Path
+):
+    """``Stored`` lives on NOTICES, one per memory: a miner SIGKILLed before any snapshot
+    replays all of MEMORY on restart and publishes none of them again."""
+    env = dict(_env(settings, nats_server), ENGRAM_SNAPSHOT_EVERY_EVENTS="100000")
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    (settings.data_path / "cache").symlink_to(model_cache, target_is_directory=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "miner.log"
+    args = ["run", "--port", str(port), "--no-embed"]
+    node = _spawn(args, env, log)
+    procs = [node]
+
+    async def notices() -> list[Stored]:
+        if not (await bus.js.stream_info("NOTICES")).state.messages:
+            return []
+        return [e async for _, e in replay(bus.js, "NOTICES") if isinstance(e, Stored)]
+
+    try:
+        await _health(url)
+        rng = np.random.default_rng(5)
+        vecs = rng.standard_normal((80, 384)).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        async with aiohttp.ClientSession(base_url=url) as http:
+            for start in (0, 40):
+                items = [
+                    {"raw_embedding": vecs[i].tolist(), "request_id": f"k{i}", "metadata": {"i": i}}
+                    for i in range(start, start + 40)
+                ]
+                async with http.post("/IngestBatch", json={"items": items}) as r:
+                    body = await r.json()
+                    assert r.status == 200, body
+        deadline = time.monotonic() + 30
+        while len(await notices()) < 80 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        before = await notices()
+        assert len(before) == 80
+        seq = (await _health(url))["applied_seq"]
+
+        _kill(node)  # no snapshot was taken: the restart replays all 80
+        node = _spawn(args, env, log)
+        procs.append(node)
+        deadline = time.monotonic() + 60
+        while (h := await _health(url))["applied_seq"] < seq and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert h["memories"] == 80, h
+        async with aiohttp.ClientSession(base_url=url) as http:
+            async with http.get("/stats") as r:
+                stats = (await r.json())["projection"]
+        assert stats["stored"] == 80 and stats["notices"] == 0, stats  # replayed, not notified
+        await asyncio.sleep(1.0)
+        after = await notices()
+        assert len(after) == 80
+        assert sorted(e.request_id for e in after) == sorted(f"k{i}" for i in range(80))
+        memory = [e async for _, e in replay(bus.js, "MEMORY")]
+        assert len(memory) == 80 and not any(isinstance(e, Stored) for e in memory)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+async def test_index_rebuild_command_equals_the_live_index(
+    node: MinerNode, bus: Bus, tmp_path: Path, nats_server: EmbeddedNats
+):
+    """``engram index rebuild`` (a real subprocess) into another data dir gives the store
+    the live node followed, key by key; a forged event is refused by both alike."""
+    rng = np.random.default_rng(11)
+    vecs = rng.standard_normal((150, 384)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    async with aiohttp.ClientSession(base_url=node.url) as http:
+        items = [
+            {"raw_embedding": vecs[i].tolist(), "metadata": {"i": i}, "request_id": f"q{i}"}
+            for i in range(150)
+        ]
+        async with http.post("/IngestBatch", json={"items": items}) as r:
+            cids = [x["cid"] for x in (await r.json())["results"]]
+            assert r.status == 200
+    assert node.runner is not None and node.store is not None
+    forged = Embedded(cid=cids[0], vector=vecs[1].astype("<f4").tobytes(), dim=384)
+    ack = await bus.publisher.publish(Deleted(cid=cids[7]))
+    ack = await bus.publisher.publish(forged)
+    assert await node.runner.wait_for_seq(ack.seq)
+    other = tmp_path / "other"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGRAM_")}
+    env.update(ENGRAM_NATS_URL=nats_server.url, ENGRAM_LOG_LEVEL="warning")
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "engram.cli", "--data-dir", str(other), "index", "rebuild"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    live = node.store
+    assert out == {
+        "replayed": 152,
+        "memories": 149,
+        "applied_seq": live.applied_seq,
+        "refused": 1,
+    }
+    rebuilt = MemoryStore(other / "store")
+    try:
+        assert [
+            (r.key, r.cid, r.namespace, r.metadata, r.deleted, r.vector.tobytes())
+            for r in rebuilt.records()
+        ] == [
+            (r.key, r.cid, r.namespace, r.metadata, r.deleted, r.vector.tobytes())
+            for r in live.records()
+        ]
+        assert rebuilt.find_request("raw:anonymous:q3") == live.find_request("raw:anonymous:q3")
+    finally:
+        rebuilt.close()

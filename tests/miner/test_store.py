@@ -8,7 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from engram.miner.store import MemoryStore, StoreError, matches_filter
+from engram.core import compute_cids
+from engram.miner import store as store_module
+from engram.miner.store import FilterTooBroad, MemoryStore, StoreError, matches_filter
 from streams.events import Deleted, Embedded
 
 DIM = 384
@@ -19,12 +21,17 @@ def unit(rng: np.random.Generator, n: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def cid_of(vec: np.ndarray, metadata: dict, model_version: str = "") -> str:
+    return compute_cids(vec.reshape(1, -1).astype(np.float32), [metadata], model_version)[0]
+
+
 def emb(i: int, vec: np.ndarray, ns: str = "public", **meta: object) -> Embedded:
+    metadata = {"i": i, **meta}
     return Embedded(
-        cid=f"v1::{i:064x}",
+        cid=cid_of(vec, metadata) if np.all(np.isfinite(vec)) else f"v1::{i:064x}",
         vector=vec.astype("<f4").tobytes(),
         dim=DIM,
-        metadata={"i": i, **meta},
+        metadata=metadata,
         namespace=ns,
         request_id=f"r{i}",
         text=f"text {i}",
@@ -51,13 +58,13 @@ def test_apply_search_and_idempotence(tmp_path, rng):
     assert [r.kind for r in res] == ["stored"] * 50
     assert store.applied_seq == 50 and len(store) == 50
     hits = store.search(vecs[17], 3)
-    assert hits[0].cid == f"v1::{17:064x}" and hits[0].score == pytest.approx(1.0, abs=1e-2)
+    assert hits[0].metadata["i"] == 17 and hits[0].score == pytest.approx(1.0, abs=1e-2)
     # the same event redelivered under a later sequence: one record, one vector
     again = store.apply_batch([(51, emb(17, vecs[17]))])
     assert again[0].kind == "duplicate" and len(store) == 50
     # an already-applied sequence is skipped entirely
     assert store.apply_batch([(10, emb(999, vecs[0]))]) == []
-    rec = store.get(f"v1::{17:064x}")
+    rec = store.get(emb(17, vecs[17]).cid)
     assert rec is not None and rec.text == "text 17"
     np.testing.assert_array_equal(rec.vector, vecs[17])  # exact f32, not the bf16 copy
 
@@ -66,7 +73,7 @@ def test_delete_then_readd_is_remove_plus_add(tmp_path, rng):
     store = MemoryStore(tmp_path)
     vecs = unit(rng, 5)
     store.apply_batch([(i + 1, emb(i, vecs[i])) for i in range(5)])
-    cid = f"v1::{2:064x}"
+    cid = emb(2, vecs[2]).cid
     store.apply_batch([(6, Deleted(cid=cid))])
     assert store.get(cid) is None and len(store) == 4
     assert all(h.cid != cid for h in store.search(vecs[2], 5))
@@ -81,10 +88,10 @@ def test_namespaces_are_partitions(tmp_path, rng):
     store.apply_batch([(19, emb(18, vecs[18], ns="alice")), (20, emb(0, vecs[0], ns="alice"))])
     assert store.namespaces() == {"alice": 2, "public": 18}
     assert [h.cid for h in store.search(vecs[18], 5)] != [] and all(
-        h.cid != f"v1::{18:064x}" for h in store.search(vecs[18], 18)
+        h.metadata["i"] != 18 for h in store.search(vecs[18], 18)
     )
     private = store.search(vecs[0], 5, namespace="alice")
-    assert {h.cid for h in private} == {f"v1::{18:064x}", f"v1::{0:064x}"}
+    assert {h.metadata["i"] for h in private} == {18, 0}
     assert store.search(vecs[0], 5, namespace="nobody") == []
 
 
@@ -113,9 +120,9 @@ def test_filters_keep_recall(tmp_path, rng):
             hits = store.search(q, 10, filter=flt)
             scores = vecs @ q
             scores[~mask] = -np.inf
-            truth = {f"v1::{int(i):064x}" for i in np.argsort(-scores)[: min(10, mask.sum())]}
+            truth = {int(i) for i in np.argsort(-scores)[: min(10, mask.sum())]}
             assert all(matches_filter(h.metadata, flt) for h in hits)
-            found += len(truth & {h.cid for h in hits})
+            found += len(truth & {h.metadata["i"] for h in hits})
             total += len(truth)
         assert found / total >= 0.97, (flt, found / total)
     assert store.search(queries[0], 10, filter={"color": "green"}) == []
@@ -168,7 +175,7 @@ def test_queries_and_applies_run_while_a_snapshot_writes(tmp_path, rng, monkeypa
         assert parked.wait(60)
         try:
             hits = pool.submit(store.search, vecs[7], 5).result(timeout=30)
-            assert hits[0].cid == f"v1::{7:064x}"
+            assert hits[0].metadata["i"] == 7
             later = [(n + i + 1, emb(n + i, vecs[n + i])) for i in range(100)]
             pool.submit(store.apply_batch, later).result(timeout=30)
             assert not snap.done()  # both answered while the snapshot was in progress
@@ -179,8 +186,8 @@ def test_queries_and_applies_run_while_a_snapshot_writes(tmp_path, rng, monkeypa
     store.close()
     reopened = MemoryStore(tmp_path)
     assert reopened.applied_seq == n and len(reopened) == n  # the view, not later applies
-    assert reopened.get(f"v1::{n:064x}") is None
-    assert reopened.search(vecs[7], 1)[0].cid == f"v1::{7:064x}"
+    assert reopened.get(emb(n, vecs[n]).cid) is None
+    assert reopened.search(vecs[7], 1)[0].metadata["i"] == 7
 
 
 def test_snapshots_are_pruned_and_reset_forgets(tmp_path, rng):
@@ -207,3 +214,110 @@ def test_bad_vectors_are_rejected(tmp_path, rng):
     res = store.apply_batch([(2, emb(1, nan)), (3, emb(2, unit(rng, 1)[0]))])
     assert res[0].kind == "rejected" and "NaN" in res[0].error and res[1].kind == "stored"
     assert len(store) == 1 and store.applied_seq == 3
+
+
+def test_equality_filters_compare_json_values(tmp_path, rng):
+    """str / int / bool / null are distinct JSON values: True != 1, "1" != 1, 0 != False,
+    null matches an explicit null only; an integral float equals its int."""
+    values = ["1", 1, True, None, False, 0, 1.0, "x"]
+    store = MemoryStore(tmp_path)
+    vecs = unit(rng, len(values) + 1)
+    events = [(i + 1, emb(i, vecs[i], v=value)) for i, value in enumerate(values)]
+    events.append((len(values) + 1, emb(len(values), vecs[-1])))  # no "v" at all
+    assert all(r.kind == "stored" for r in store.apply_batch(events))
+    expect = [  # pairs, not a dict: Python would merge True/1/1.0 and False/0 as keys
+        ("1", {0}),
+        (1, {1, 6}),
+        (True, {2}),
+        (None, {3}),
+        (False, {4}),
+        (0, {5}),
+        (1.0, {1, 6}),
+        ("x", {7}),
+    ]
+    for value, want in expect:
+        got = {h.metadata["i"] for h in store.search(vecs[0], 20, filter={"v": value})}
+        assert got == want, (value, got)
+        assert got == {i for i, v in enumerate(values) if matches_filter({"v": v}, {"v": value})}
+    both = store.search(vecs[0], 20, filter={"v": 1, "i": 6})
+    assert [h.metadata["i"] for h in both] == [6]
+    assert store.search(vecs[0], 20, filter={"v": "missing"}) == []
+    # deleted records leave the filter index too
+    store.apply_batch([(20, Deleted(cid=events[2][1].cid))])
+    assert store.search(vecs[0], 20, filter={"v": True}) == []
+
+
+def test_a_filter_reads_the_index_not_the_namespace(tmp_path):
+    store = MemoryStore(tmp_path)
+    sql, args = store._match_sql("public", {"color": "red", "n": 3})
+    plan = " ".join(str(r[-1]) for r in store.db.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+    assert "meta_kv" in plan and "SCAN" not in plan.replace("SCAN CONSTANT", ""), plan
+
+
+def test_broad_filters_over_fetch_within_bounds(tmp_path, rng, monkeypatch):
+    """Past the exact-ranking cap a filter over-fetches from HNSW (recall vs exact holds);
+    one too rare among the nearest neighbours for the fetch cap is refused, not scanned."""
+    n = 3000
+    vecs = clustered(rng, n)
+    store = MemoryStore(tmp_path)
+    store.apply_batch(
+        [
+            (i + 1, emb(i, vecs[i], color=("red" if i % 2 else "blue"), bucket=i % 40))
+            for i in range(n)
+        ]
+    )
+    monkeypatch.setattr(store_module, "FILTER_EXACT_MAX", 200)  # 1500 "red": over-fetch
+    queries = unit(rng, 20)
+    found = total = 0
+    red = np.array([i % 2 == 1 for i in range(n)])
+    for q in queries:
+        hits = store.search(q, 10, filter={"color": "red"})
+        assert all(h.metadata["color"] == "red" for h in hits)
+        scores = vecs @ q
+        scores[~red] = -np.inf
+        truth = {int(i) for i in np.argsort(-scores)[:10]}
+        found += len(truth & {h.metadata["i"] for h in hits})
+        total += 10
+    assert found / total >= 0.95, found / total
+    monkeypatch.setattr(store_module, "FILTER_EXACT_MAX", 50)  # 75 per bucket
+    monkeypatch.setattr(store_module, "FILTER_FETCH_MAX", 100)
+    with pytest.raises(FilterTooBroad, match="narrow the filter"):
+        store.search(queries[0], 10, filter={"bucket": 7})
+
+
+def test_the_number_of_namespaces_is_bounded(tmp_path, rng):
+    store = MemoryStore(tmp_path, max_namespaces=2)
+    vecs = unit(rng, 4)
+    res = store.apply_batch(
+        [
+            (1, emb(0, vecs[0], ns="a")),
+            (2, emb(1, vecs[1], ns="b")),
+            (3, emb(2, vecs[2], ns="c")),
+            (4, emb(3, vecs[3], ns="a")),
+        ]
+    )
+    assert [r.kind for r in res] == ["stored", "stored", "rejected", "stored"]
+    assert "limit of 2 namespaces" in res[2].error and res[2].error_type == "StoreRejected"
+    assert store.namespaces() == {"a": 2, "b": 1} and store.applied_seq == 4
+    assert store.accepts_namespace("a") and not store.accepts_namespace("c")
+
+
+def test_a_snapshot_serialises_only_the_namespaces_that_changed(tmp_path, rng):
+    vecs = unit(rng, 30)
+    store = MemoryStore(tmp_path)
+    store.apply_batch(
+        [(i + 1, emb(i, vecs[i], ns="big" if i < 20 else "small")) for i in range(25)]
+    )
+    first = store.snapshot()
+    store.apply_batch([(26, emb(25, vecs[25], ns="small"))])
+    second = store.snapshot()
+    big = "ns-" + b"big".hex() + ".usearch"
+    small = "ns-" + b"small".hex() + ".usearch"
+    # "big" did not change: the same file (a hard link), not a new serialisation
+    assert (first / big).stat().st_ino == (second / big).stat().st_ino
+    assert (first / small).stat().st_ino != (second / small).stat().st_ino
+    store.close()
+    reopened = MemoryStore(tmp_path)
+    assert reopened.namespaces() == {"big": 20, "small": 6}
+    assert reopened.search(vecs[3], 1, namespace="big")[0].metadata["i"] == 3
+    assert reopened.search(vecs[25], 1, namespace="small")[0].metadata["i"] == 25

@@ -45,11 +45,12 @@ def test_event_ids_are_unique_and_time_ordered() -> None:
     assert ids[0][:8] <= ids[-1][:8]  # leading hex digits carry the millisecond clock
 
 
-def test_idempotency_key_is_the_request_id() -> None:
-    a = IngestRequested(request_id="req-1", text="hello")
-    b = IngestRequested(request_id="req-1", text="hello")
+def test_idempotency_key_is_the_request_id_scoped_by_caller() -> None:
+    a = IngestRequested(request_id="req-1", text="hello", caller="alice")
+    b = IngestRequested(request_id="req-1", text="hello", caller="alice")
+    c = IngestRequested(request_id="req-1", text="hello", caller="bob")
     assert a.event_id != b.event_id
-    assert a.msg_id() == b.msg_id() == "ingest:req-1"
+    assert a.msg_id() == b.msg_id() == "ingest:text:alice:req-1" != c.msg_id()
 
 
 @pytest.mark.parametrize(
