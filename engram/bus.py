@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import ServiceUnavailableError
 
 from streams.publisher import Publisher
+from streams.retry import Backoff, retry
 from streams.topology import STREAMS, StreamSpec, ensure
 
 from .config import Settings
@@ -92,17 +93,15 @@ def connect_options(settings: Settings, url: str) -> dict[str, Any]:
 async def _ensure_with_retry(
     js: JetStreamContext, streams: tuple[StreamSpec, ...], replicas: int
 ) -> None:
-    """A cluster that just started may not have elected its JetStream meta leader yet."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            await ensure(js, streams, replicas=replicas)
-            return
-        except (TimeoutError, NatsTimeoutError, ServiceUnavailableError) as exc:
-            if time.monotonic() > deadline:
-                raise
-            log.info("JetStream not ready yet; retrying", error=repr(exc))
-            await asyncio.sleep(0.5)
+    """A cluster that just started may not have elected its JetStream meta leader yet.
+    A refusal (:class:`~streams.topology.TopologyError`) is not retried."""
+    await retry(
+        lambda: ensure(js, streams, replicas=replicas),
+        what="ensure streams",
+        retry_on=(TimeoutError, NatsTimeoutError, ServiceUnavailableError),
+        backoff=Backoff(initial=0.25, maximum=2.0),
+        deadline_s=30,
+    )
 
 
 def start_embedded(settings: Settings) -> EmbeddedNats:
