@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,11 +42,16 @@ class Bus:
     def url(self) -> str:
         return self.server.url if self.server else str(self.settings.nats_url)
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
+        """Drain (bounded by ``timeout``) or, while disconnected, just close; then stop the
+        embedded server if we own it."""
         try:
-            await self.nc.drain()
+            if not self.nc.is_connected:
+                raise ConnectionError("not connected")
+            await asyncio.wait_for(self.nc.drain(), timeout)
         except Exception:
-            await self.nc.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.close(), timeout)
         if self.server is not None:
             self.server.stop()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -26,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from engram import core as _core
-from streams.errors import InputError
+from streams.errors import InputError, Unavailable
 from streams.events import Embedded, IngestRequested
 from streams.publisher import Publisher
 
@@ -76,6 +77,8 @@ class Axon:
     producer: str = ""
     ingest_wait_s: float = 10.0
     extra_stats: Callable[[], dict[str, Any]] | None = None
+    # what /health reports beside the store: {"bus": "up" | "down: <cause>", ...}
+    health_checks: Callable[[], dict[str, str]] | None = None
 
     def __post_init__(self) -> None:
         self.started = time.time()
@@ -342,15 +345,19 @@ class Axon:
     # --- operations -----------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
+        checks = self.health_checks() if self.health_checks is not None else {}
+        degraded = any(v != "up" for v in checks.values())
         return web.json_response(
             {
-                "status": "ok",
+                "status": "degraded" if degraded else "ok",
+                **checks,
                 "model_version": self.embedder.model_version,
                 "memories": len(self.store),
                 "applied_seq": self.store.applied_seq,
                 "uptime_s": round(time.time() - self.started, 1),
                 **(request.app[AUTH_KEY].public_info() if AUTH_KEY in request.app else {}),
-            }
+            },
+            status=503 if degraded else 200,
         )
 
     def stats_dict(self) -> dict[str, Any]:
@@ -386,8 +393,11 @@ class Axon:
         )
 
 
-def make_app(axon: Axon, auth: AxonAuth | None = None) -> web.Application:
-    """The axon's app; without ``auth`` it is unauthenticated (tests, embedding)."""
+def make_app(
+    axon: Axon, auth: AxonAuth | None = None, limits: Middleware | None = None
+) -> web.Application:
+    """The axon's app; without ``auth`` it is unauthenticated (tests, embedding).
+    ``limits`` (engram.miner.connections) runs inside the error middleware, before auth."""
 
     @web.middleware
     async def errors(
@@ -403,6 +413,11 @@ def make_app(axon: Axon, auth: AxonAuth | None = None) -> web.Application:
             resp = await handler(request)
         except Refused as exc:
             resp = web.json_response({"error": exc.reason}, status=exc.status)
+        except Unavailable as exc:  # a dependency is down or the node is full: retry later
+            retry_after = math.ceil(exc.retry_after_s or 1.0)
+            resp = web.json_response(
+                {"error": str(exc)}, status=503, headers={"Retry-After": str(retry_after)}
+            )
         except web.HTTPRequestEntityTooLarge:
             resp = web.json_response(
                 {"error": f"the body is larger than {MAX_BODY_BYTES} bytes"}, status=413
@@ -413,7 +428,11 @@ def make_app(axon: Axon, auth: AxonAuth | None = None) -> web.Application:
         axon.m_latency.labels(endpoint).observe(time.perf_counter() - t0)
         return resp
 
-    middlewares: list[Middleware] = [errors] if auth is None else [errors, auth.middleware()]
+    middlewares: list[Middleware] = [errors]
+    if limits is not None:
+        middlewares.append(limits)
+    if auth is not None:
+        middlewares.append(auth.middleware())
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     if auth is not None:
         app[AUTH_KEY] = auth

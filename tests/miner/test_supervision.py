@@ -1,0 +1,142 @@
+"""The node supervises what it starts: a SIGKILLed embedded nats-server is reported, ingests
+are refused fast while it is down, it is restarted, and nothing acked is lost; worker
+processes are restarted and die with their parent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from engram.config import Settings
+from engram.miner.node import MinerNode, cache_dir
+from engram.natsd import free_port
+
+
+def _link_cache(settings: Settings, model_cache: Path) -> None:
+    cache = cache_dir(settings)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    if not cache.exists():
+        cache.symlink_to(model_cache, target_is_directory=True)
+
+
+@pytest.fixture
+async def embedded_node(tmp_path: Path, model_cache: Path) -> AsyncIterator[MinerNode]:
+    """A node with no ``nats_url``: it starts (and owns) its embedded nats-server."""
+    s = Settings(
+        data_dir=str(tmp_path / "data"),
+        node_id="sup",
+        embed_batch=32,
+        embed_batch_wait_s=0.02,
+        stop_grace_s=3.0,
+    )
+    _link_cache(s, model_cache)
+    node = MinerNode(s, port=0, ingest_wait_s=20.0)
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.stop()
+
+
+def _hold_port(port: int) -> socket.socket:
+    """Take the server's port so its restart fails (it exits: address in use)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(1)
+    return sock
+
+
+async def _until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def test_sigkill_of_the_embedded_server_is_reported_refused_fast_and_healed(
+    embedded_node: MinerNode,
+) -> None:
+    node = embedded_node
+    assert node.bus is not None and node.bus.server is not None and node.guard is not None
+    server = node.bus.server
+    assert node.settings.nats_url is None and server.owned and server.process is not None
+    async with aiohttp.ClientSession(base_url=node.url) as http:
+        before = []
+        for i in range(5):
+            async with http.post("/IngestSynapse", json={"text": f"before the crash {i}"}) as r:
+                assert r.status == 200, await r.text()
+                before.append((await r.json())["cid"])
+        async with http.get("/health") as r:
+            assert r.status == 200 and (await r.json())["bus"] == "up"
+
+        old_pid = server.process.pid
+        os.kill(old_pid, signal.SIGKILL)
+        server.process.wait(5)
+        holder = _hold_port(server.port)  # the first restarts fail: a visible outage
+        try:
+
+            async def degraded() -> bool:
+                async with http.get("/health") as r:
+                    return r.status == 503
+
+            await _until(degraded, 10, "/health to report the outage")
+            async with http.get("/health") as r:
+                body = await r.json()
+            assert body["status"] == "degraded"
+            assert body["bus"].startswith("down: nats-server exited (signal 9, SIGKILL)")
+            async with http.get("/metrics") as r:
+                assert "engram_bus_up 0.0" in await r.text()
+
+            t0 = time.monotonic()
+            async with http.post("/IngestSynapse", json={"text": "during the outage"}) as r:
+                assert r.status == 503
+                assert int(r.headers["Retry-After"]) >= 1
+                assert "bus is down" in (await r.json())["error"]
+            assert time.monotonic() - t0 < 1.0  # refused at once, not after a publish timeout
+            async with http.post("/QuerySynapse", json={"query_text": "before"}) as r:
+                assert r.status == 200  # queries do not need the bus
+        finally:
+            holder.close()
+
+        async def healthy() -> bool:
+            async with http.get("/health") as r:
+                return r.status == 200
+
+        await _until(healthy, 30, "the bus to come back")
+        assert node.guard.restarts >= 1 and server.process.pid != old_pid
+        async with http.get("/metrics") as r:
+            text = await r.text()
+        assert "engram_bus_up 1.0" in text and "engram_bus_restarts 1.0" in text
+
+        async with http.post("/IngestSynapse", json={"text": "after the restart"}) as r:
+            assert r.status == 200, await r.text()
+            after = (await r.json())["cid"]
+        for cid in [*before, after]:  # nothing acked was lost
+            async with http.get(f"/retrieve/{cid}") as r:
+                assert r.status == 200
+        async with http.get("/stats") as r:
+            stats = await r.json()
+        assert stats["memories"] == 6 and stats["bus"]["status"] == "up"
+
+        # and a node stops within a few seconds even while its bus is down
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait(5)
+        holder = _hold_port(server.port)
+        try:
+            await _until(degraded, 10, "/health to report the second outage")
+            t0 = time.monotonic()
+            await node.stop()
+            assert time.monotonic() - t0 < 8.0
+        finally:
+            holder.close()
