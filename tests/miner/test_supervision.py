@@ -5,6 +5,7 @@ processes are restarted and die with their parent."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -140,3 +141,108 @@ async def test_sigkill_of_the_embedded_server_is_reported_refused_fast_and_heale
             assert time.monotonic() - t0 < 8.0
         finally:
             holder.close()
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only a zombie waiting for a reaper that is not us."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.fixture
+def miner_process(
+    tmp_path: Path, model_cache: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``engram miner run --workers 1`` as a real process (embedded NATS, no in-process
+    embedder), and its axon URL."""
+    data = tmp_path / "data"
+    _link_cache(Settings(data_dir=str(data)), model_cache)
+    port = free_port()
+    env = dict(os.environ, ENGRAM_NODE_ID="sup", ENGRAM_LOG_FORMAT="json")
+    env.pop("ENGRAM_NATS_URL", None)
+    log = open(tmp_path / "miner.log", "wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engram.miner",
+            "run",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data),
+            "--workers",
+            "1",
+            "--no-embed",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc, f"http://127.0.0.1:{port}", data
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        log.close()
+
+
+async def _workers(http: aiohttp.ClientSession) -> list[dict]:  # type: ignore[type-arg]
+    try:
+        async with http.get("/stats") as r:
+            return (await r.json())["worker_processes"]  # type: ignore[no-any-return]
+    except aiohttp.ClientError:
+        return []
+
+
+async def test_worker_processes_are_restarted_and_die_with_a_sigkilled_parent(
+    miner_process: tuple[subprocess.Popen[bytes], str, Path],
+) -> None:
+    proc, url, data = miner_process
+    async with aiohttp.ClientSession(base_url=url) as http:
+
+        async def running() -> bool:
+            w = await _workers(http)
+            return bool(w) and w[0]["state"] == "running"
+
+        await _until(running, 120, "the miner and its worker process")
+        first = (await _workers(http))[0]["pid"]
+        os.kill(first, signal.SIGKILL)
+
+        async def restarted() -> bool:
+            w = await _workers(http)
+            return bool(w) and w[0]["restarts"] >= 1 and w[0]["pid"] not in (None, first)
+
+        await _until(restarted, 30, "the worker process to be restarted")
+        w = (await _workers(http))[0]
+        assert w["last_exit"] == "exited (signal 9, SIGKILL)" and w["state"] == "running"
+        second = w["pid"]
+        # the restarted worker does real work: an ingest is embedded by it (no in-process embedder)
+        async with http.post(
+            "/IngestSynapse", json={"text": "embedded by the worker process"}
+        ) as r:
+            assert r.status == 200, await r.text()
+
+    nats_pid = json.loads((data / "nats" / "server.json").read_text())["pid"]
+    proc.send_signal(signal.SIGKILL)  # the miner dies without a chance to clean up
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    while not (_gone(second) and _gone(nats_pid)):
+        assert time.monotonic() < deadline, "a child outlived its SIGKILLed miner"
+        await asyncio.sleep(0.1)
+
+
+def test_a_worker_whose_parent_is_already_gone_does_not_start(tmp_path: Path) -> None:
+    """The fallback to the parent-death signal: the worker checks the pid it was given."""
+    env = dict(os.environ, ENGRAM_PARENT_PID="1", ENGRAM_DATA_DIR=str(tmp_path))
+    env["ENGRAM_NATS_URL"] = "nats://127.0.0.1:1"  # never reached: it leaves before connecting
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "engram.miner", "worker"], env=env, capture_output=True, timeout=60
+    )
+    assert out.returncode == 0 and b"parent process already gone" in out.stdout + out.stderr
+    assert time.monotonic() - t0 < 30
