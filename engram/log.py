@@ -72,9 +72,13 @@ class RepeatLimiter:
 
     def filter(self, record: logging.LogRecord) -> bool:
         """A ``logging`` filter for the standard library's loggers (asyncio, aiohttp)."""
+        decided = getattr(record, "_engram_repeat_ok", None)
+        if decided is not None:  # one decision per record, however many handlers see it
+            return bool(decided)
         ok, suppressed = self.check(f"{record.name}:{record.levelno}:{record.msg}")
         if ok and suppressed:
             record.msg = f"{record.msg} [{suppressed} similar lines suppressed]"
+        record._engram_repeat_ok = ok
         return ok
 
 

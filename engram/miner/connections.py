@@ -243,6 +243,11 @@ def limits_middleware(
                             status=408,
                         )
                         resp.force_close()
+                        # answer now and close: the rest of the body is never read
+                        await resp.prepare(request)
+                        await resp.write_eof()
+                        if transport is not None:
+                            transport.close()
                         return resp
                 if bus_check is not None:
                     return await bus_check(request, handler)
