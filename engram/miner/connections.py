@@ -8,6 +8,9 @@
 - Per connection it times out a request head that does not arrive (``head_timeout_s``,
   from the connection's first byte or its opening) and an idle keep-alive connection
   (``keepalive_s``).
+- :class:`BoundedExecutor` is the node's thread pool for store and embedding work
+  (``asyncio.to_thread`` uses it): at most ``max_workers`` run and ``max_queued`` wait;
+  past that a submit raises :class:`~streams.errors.Unavailable` (503) instead of queueing.
 - :func:`limits_middleware` reads each body within ``body_timeout_s`` (a chunked body that
   never ends or a short body gets 408 and the connection is closed), and refuses requests
   past ``max_inflight`` with 503 + ``Retry-After`` (``/health`` and ``/metrics`` exempt).
@@ -19,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +34,7 @@ from aiohttp import web
 from streams.errors import Unavailable
 
 __all__ = [
+    "BoundedExecutor",
     "ConnectionGate",
     "Limits",
     "connection_cap",
@@ -71,6 +77,32 @@ def connection_cap(wanted: int, fd_limit: int) -> int:
     else the node opens (NATS, sqlite, index files, the model, worker pipes)."""
     margin = max(32, min(256, fd_limit // 4))
     return max(1, min(wanted, fd_limit - margin))
+
+
+class BoundedExecutor(ThreadPoolExecutor):
+    """A thread pool whose queue is bounded: ``submit`` past ``max_workers + max_queued``
+    pending calls raises :class:`Unavailable` at once."""
+
+    def __init__(self, max_workers: int, max_queued: int, thread_name_prefix: str = "") -> None:
+        super().__init__(max_workers, thread_name_prefix=thread_name_prefix)
+        self.capacity = max_workers + max_queued
+        self._slots = threading.BoundedSemaphore(self.capacity)
+        self.refused = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            raise Unavailable(
+                f"the node's thread pool is full ({self.capacity} calls pending); retry later",
+                retry_after_s=1.0,
+            )
+        try:
+            fut = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            self._slots.release()
+            raise
+        fut.add_done_callback(lambda _f: self._slots.release())
+        return fut
 
 
 class _Refused(asyncio.Protocol):

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from streams.worker import Worker
 from .auth import build_auth
 from .axon import Axon, make_app
 from .connections import (
+    BoundedExecutor,
     ConnectionGate,
     Handler,
     InFlight,
@@ -111,6 +111,7 @@ class MinerNode:
     pool: WorkerPool | None = None
     gate: ConnectionGate | None = None
     inflight: InFlight | None = None
+    executor: BoundedExecutor | None = None
     _site_runner: web.AppRunner | None = None
     _listener: asyncio.AbstractServer | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -134,10 +135,11 @@ class MinerNode:
         s = self.settings
         loop = asyncio.get_running_loop()
         fd_limit = raise_fd_limit()
-        # an explicit, bounded pool for store and embedding work (asyncio.to_thread uses it);
-        # its queue is bounded by the in-flight request limit
+        # an explicit, bounded pool for store and embedding work (asyncio.to_thread uses it):
+        # room for every request in flight twice over, then 503 rather than an endless queue
         threads = s.axon_threads or min(32, (os.cpu_count() or 1) + 4)
-        loop.set_default_executor(ThreadPoolExecutor(threads, thread_name_prefix="engram"))
+        self.executor = BoundedExecutor(threads, 2 * s.axon_max_inflight + 64, "engram")
+        loop.set_default_executor(self.executor)
         self.bus = bus = await open_bus(s)
         self.guard = BusGuard(bus)
         self._tasks.append(asyncio.create_task(self.guard.run(self._stop), name="bus-guard"))
@@ -235,6 +237,7 @@ class MinerNode:
                 **self.gate.stats(),
                 "inflight": self.inflight.now,
                 "inflight_refused": self.inflight.refused,
+                "threads_refused": self.executor.refused if self.executor else 0,
             }
         if self.worker is not None and self.handler is not None:
             out["embed_worker"] = {

@@ -11,6 +11,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +23,10 @@ import structlog
 
 from engram.config import Settings
 from engram.log import RepeatLimiter, configure_logging
-from engram.miner.connections import connection_cap
+from engram.miner.connections import BoundedExecutor, connection_cap
 from engram.miner.node import MinerNode, cache_dir
 from engram.natsd import free_port
+from streams.errors import Unavailable
 
 HEAD_S, BODY_S, KEEPALIVE_S = 1.5, 2.0, 1.5
 CAP, INFLIGHT = 20, 3
@@ -275,3 +277,20 @@ def _enough_fds() -> Iterator[None]:
     if soft < 2048 and hard > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
     yield
+
+
+async def test_the_thread_pool_queue_is_bounded() -> None:
+    pool = BoundedExecutor(2, 3)
+    loop = asyncio.get_running_loop()
+    gate = threading.Event()
+    try:
+        futs = [loop.run_in_executor(pool, gate.wait) for _ in range(5)]  # 2 run, 3 wait
+        with pytest.raises(Unavailable, match="thread pool is full"):
+            loop.run_in_executor(pool, gate.wait)
+        assert pool.refused == 1
+        gate.set()
+        await asyncio.gather(*futs)
+        assert await loop.run_in_executor(pool, sum, [1, 2]) == 3  # room again
+    finally:
+        gate.set()
+        pool.shutdown()
