@@ -20,7 +20,7 @@ import pytest
 
 from engram.config import Settings
 from engram.miner.node import MinerNode, cache_dir
-from engram.natsd import free_port
+from engram.natsd import describe_exit, free_port
 
 
 def _link_cache(settings: Settings, model_cache: Path) -> None:
@@ -246,3 +246,16 @@ def test_a_worker_whose_parent_is_already_gone_does_not_start(tmp_path: Path) ->
     )
     assert out.returncode == 0 and b"parent process already gone" in out.stdout + out.stderr
     assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [
+        (-9, "exited (signal 9, SIGKILL)"),
+        (-15, "exited (signal 15, SIGTERM)"),
+        (1, "exited with code 1"),
+        (0, "exited with code 0"),
+    ],
+)
+def test_exits_are_described_in_words(code: int, words: str) -> None:
+    assert describe_exit(code) == words
