@@ -30,6 +30,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from streams.errors import Unavailable
 
@@ -267,6 +268,13 @@ def limits_middleware(
                 if request.body_exists:
                     try:
                         await asyncio.wait_for(request.read(), limits.body_timeout_s)
+                    except (ConnectionResetError, HttpProcessingError):
+                        # cut off or malformed mid-body: a 4xx, not a logged 500 traceback
+                        resp = web.json_response(
+                            {"error": "the body was cut off or is malformed"}, status=400
+                        )
+                        resp.force_close()
+                        return resp
                     except TimeoutError:
                         if guarded is not None:
                             guarded.gate.timeouts["body"] = guarded.gate.timeouts.get("body", 0) + 1

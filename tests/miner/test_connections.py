@@ -294,3 +294,20 @@ async def test_the_thread_pool_queue_is_bounded() -> None:
     finally:
         gate.set()
         pool.shutdown()
+
+
+async def test_a_body_cut_off_by_the_client_logs_no_traceback(
+    node: MinerNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(3):
+        _reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+        writer.write(
+            b"POST /QuerySynapse HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"query_text"'
+        )
+        await writer.drain()
+        writer.close()  # gone mid-body
+    await asyncio.sleep(0.5)
+    async with aiohttp.ClientSession(base_url=node.url) as http, http.get("/health") as r:
+        assert r.status == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text[-500:]
