@@ -104,7 +104,7 @@ async def test_sigkill_of_the_embedded_server_is_reported_refused_fast_and_heale
                 assert r.status == 503
                 assert int(r.headers["Retry-After"]) >= 1
                 assert "bus is down" in (await r.json())["error"]
-            assert time.monotonic() - t0 < 1.0  # refused at once, not after a publish timeout
+            assert time.monotonic() - t0 < 2.0  # refused at once, not after a 10 s publish timeout
             async with http.post("/QuerySynapse", json={"query_text": "before"}) as r:
                 assert r.status == 200  # queries do not need the bus
         finally:
