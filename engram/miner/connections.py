@@ -38,6 +38,7 @@ __all__ = [
     "BoundedExecutor",
     "ConnectionGate",
     "Limits",
+    "accept_backlog",
     "connection_cap",
     "limits_middleware",
     "raise_fd_limit",
@@ -73,11 +74,22 @@ def raise_fd_limit() -> int:
     return soft
 
 
+def _margin(fd_limit: int) -> int:
+    return max(32, min(256, fd_limit // 4))
+
+
 def connection_cap(wanted: int, fd_limit: int) -> int:
     """Connections to allow: ``wanted``, but leave a margin of the fd limit for everything
-    else the node opens (NATS, sqlite, index files, the model, worker pipes)."""
-    margin = max(32, min(256, fd_limit // 4))
-    return max(1, min(wanted, fd_limit - margin))
+    else the node opens (NATS, sqlite, index files, the model, worker pipes) and for the
+    sockets an accept burst holds before the cap can act (:func:`accept_backlog`)."""
+    return max(1, min(wanted, fd_limit - _margin(fd_limit)))
+
+
+def accept_backlog(fd_limit: int) -> int:
+    """The listen backlog, which is also how many sockets asyncio accepts in one go before
+    the gate sees any of them: that many new fds, plus as many evicted ones not yet closed,
+    must fit in the margin with room left for the node's own files."""
+    return max(8, min(128, _margin(fd_limit) // 4))
 
 
 class BoundedExecutor(ThreadPoolExecutor):

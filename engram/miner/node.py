@@ -34,6 +34,7 @@ from .connections import (
     Handler,
     InFlight,
     Limits,
+    accept_backlog,
     connection_cap,
     limits_middleware,
     raise_fd_limit,
@@ -191,7 +192,7 @@ class MinerNode:
         cap = connection_cap(limits.max_connections, fd_limit)
         self.gate = ConnectionGate(self._site_runner.server, limits, cap)
         self._listener = await loop.create_server(
-            self.gate, self.host, self.port, backlog=min(cap, 1024)
+            self.gate, self.host, self.port, backlog=accept_backlog(fd_limit)
         )
         if self.port == 0:  # a free port was chosen
             self.port = self._listener.sockets[0].getsockname()[1]

@@ -23,7 +23,7 @@ import structlog
 
 from engram.config import Settings
 from engram.log import RepeatLimiter, configure_logging
-from engram.miner.connections import BoundedExecutor, connection_cap
+from engram.miner.connections import BoundedExecutor, accept_backlog, connection_cap
 from engram.miner.node import MinerNode, cache_dir
 from engram.natsd import free_port
 from streams.errors import Unavailable
@@ -78,6 +78,11 @@ def test_the_cap_leaves_a_margin_of_the_fd_limit() -> None:
     assert connection_cap(4096, 256) == 192
     assert connection_cap(10, 64) == 10 and connection_cap(100, 64) == 32
     assert connection_cap(100, 16) == 1
+    # an accept burst (the backlog) and as many evicted sockets fit in the margin twice over
+    for fds in (64, 256, 1024, 4096, 1 << 20):
+        margin = fds - connection_cap(1 << 30, fds)
+        assert 4 * accept_backlog(fds) <= max(margin, 32)
+    assert accept_backlog(256) == 16 and accept_backlog(1 << 20) == 64
 
 
 async def test_idle_sockets_past_the_cap_do_not_stop_health(node: MinerNode) -> None:
