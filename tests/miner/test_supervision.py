@@ -20,7 +20,7 @@ import pytest
 
 from engram.config import Settings
 from engram.miner.node import MinerNode, cache_dir
-from engram.natsd import describe_exit, free_port
+from engram.natsd import EmbeddedNats, describe_exit, free_port
 
 
 def _link_cache(settings: Settings, model_cache: Path) -> None:
@@ -259,3 +259,30 @@ def test_a_worker_whose_parent_is_already_gone_does_not_start(tmp_path: Path) ->
 )
 def test_exits_are_described_in_words(code: int, words: str) -> None:
     assert describe_exit(code) == words
+
+
+async def test_an_external_bus_outage_is_reported_and_ends_when_it_is_back(
+    node: MinerNode, nats_server: EmbeddedNats
+) -> None:
+    """A server the node did not start is not restarted by it, but its outage is reported."""
+    assert node.bus is not None and node.bus.server is None  # ENGRAM_NATS_URL: external
+    async with aiohttp.ClientSession(base_url=node.url) as http:
+
+        async def health() -> int:
+            async with http.get("/health") as r:
+                return r.status
+
+        nats_server.kill()
+        await _until(lambda: _is(health, 503), 10, "/health to report the outage")
+        async with http.get("/health") as r:
+            assert (await r.json())["bus"] == "down: the connection to NATS is lost; reconnecting"
+        async with http.post("/IngestSynapse", json={"text": "during"}) as r:
+            assert r.status == 503 and "Retry-After" in r.headers
+        nats_server.start(reuse=False)  # the operator brings it back on the same port
+        await _until(lambda: _is(health, 200), 30, "the bus to come back")
+        async with http.post("/IngestSynapse", json={"text": "after"}) as r:
+            assert r.status == 200, await r.text()
+
+
+async def _is(probe, want: int) -> bool:  # type: ignore[no-untyped-def]
+    return bool(await probe() == want)
