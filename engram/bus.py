@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import ServiceUnavailableError
 
 from streams.publisher import Publisher
+from streams.retry import Backoff, retry
 from streams.topology import STREAMS, StreamSpec, ensure
 
 from .config import Settings
@@ -41,11 +42,16 @@ class Bus:
     def url(self) -> str:
         return self.server.url if self.server else str(self.settings.nats_url)
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
+        """Drain (bounded by ``timeout``) or, while disconnected, just close; then stop the
+        embedded server if we own it."""
         try:
-            await self.nc.drain()
+            if not self.nc.is_connected:
+                raise ConnectionError("not connected")
+            await asyncio.wait_for(self.nc.drain(), timeout)
         except Exception:
-            await self.nc.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.close(), timeout)
         if self.server is not None:
             self.server.stop()
 
@@ -92,17 +98,15 @@ def connect_options(settings: Settings, url: str) -> dict[str, Any]:
 async def _ensure_with_retry(
     js: JetStreamContext, streams: tuple[StreamSpec, ...], replicas: int
 ) -> None:
-    """A cluster that just started may not have elected its JetStream meta leader yet."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            await ensure(js, streams, replicas=replicas)
-            return
-        except (TimeoutError, NatsTimeoutError, ServiceUnavailableError) as exc:
-            if time.monotonic() > deadline:
-                raise
-            log.info("JetStream not ready yet; retrying", error=repr(exc))
-            await asyncio.sleep(0.5)
+    """A cluster that just started may not have elected its JetStream meta leader yet.
+    A refusal (:class:`~streams.topology.TopologyError`) is not retried."""
+    await retry(
+        lambda: ensure(js, streams, replicas=replicas),
+        what="ensure streams",
+        retry_on=(TimeoutError, NatsTimeoutError, ServiceUnavailableError),
+        backoff=Backoff(initial=0.25, maximum=2.0),
+        deadline_s=30,
+    )
 
 
 def start_embedded(settings: Settings) -> EmbeddedNats:

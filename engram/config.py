@@ -84,6 +84,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     miner_hotkey_file: str | None = None  # a bittensor hotkey file; else <data_dir>/keys/
     client_hotkey_file: str | None = None  # signs ingest/query; else <data_dir>/keys/
 
+    # supervision and limits (issue 7): docs/architecture.md "Supervision and limits"
+    axon_max_connections: int = 4096  # open connections; capped below the open-file limit
+    axon_max_inflight: int = 256  # requests handled at once; past it 503 + Retry-After
+    axon_head_timeout_s: float = 10.0  # a request head must arrive within this
+    axon_body_timeout_s: float = 30.0  # a request body must arrive within this (else 408)
+    axon_keepalive_s: float = 15.0  # an idle keep-alive connection is closed after this
+    axon_threads: int = 0  # threads for store/embedding work; 0 = min(32, cores + 4)
+    stop_grace_s: float = 5.0  # how long stop waits for workers and requests to finish
+
     def __post_init__(self) -> None:
         if self.nats_port < 0 or self.nats_port > 65535:
             raise ConfigError(f"nats_port: {self.nats_port} is not a TCP port (0..65535)")
@@ -109,6 +118,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError("axon_min_stake: must be >= 0")
         if not self.axon_proof_versions or not set(self.axon_proof_versions) <= {1, 2}:
             raise ConfigError("axon_proof_versions: one or both of 1, 2 (e.g. 1,2)")
+        if self.axon_max_connections < 1 or self.axon_max_inflight < 1:
+            raise ConfigError("axon_max_connections, axon_max_inflight: must be >= 1")
+        for name in ("axon_head_timeout_s", "axon_body_timeout_s", "axon_keepalive_s"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise ConfigError(f"{name}: must be > 0 and <= 3600 seconds")
+        if not 0 <= self.axon_threads <= 256:
+            raise ConfigError("axon_threads: must be 0 (automatic) to 256")
+        if not 0 <= self.stop_grace_s <= 600:
+            raise ConfigError("stop_grace_s: must be 0 to 600 seconds")
         for hotkey in self.axon_validators:
             if not 46 <= len(hotkey) <= 48 or not set(hotkey) <= _SS58_CHARS:
                 raise ConfigError(f"axon_validators: {hotkey!r} is not an ss58 address")

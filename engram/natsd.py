@@ -25,7 +25,15 @@ from pathlib import Path
 
 from streams.errors import Unavailable
 
-__all__ = ["EmbeddedNats", "NatsServerError", "find_nats_server", "free_port", "server_status"]
+__all__ = [
+    "EmbeddedNats",
+    "NatsServerError",
+    "describe_exit",
+    "find_nats_server",
+    "free_port",
+    "server_status",
+    "set_parent_death_signal",
+]
 
 
 class NatsServerError(Unavailable):
@@ -79,7 +87,18 @@ def _healthz(monitor_port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child before exec
+def describe_exit(returncode: int) -> str:
+    """``Popen.returncode`` in words: negative codes are the signal that ended the process."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "?"
+        return f"exited (signal {-returncode}, {name})"
+    return f"exited with code {returncode}"
+
+
+def set_parent_death_signal() -> None:  # pragma: no cover - runs in the child
     """Ask Linux to stop the server when the process that started it dies (no orphans)."""
     try:
         import ctypes
@@ -163,6 +182,22 @@ class EmbeddedNats:
                 self.port, self.monitor_port = int(running["port"]), int(running["monitor_port"])
                 self.owned = False
                 return self
+        self.spawn()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise NatsServerError(
+            f"nats-server did not become ready in {timeout:.0f}s; see {self.log_file}"
+        )
+
+    def spawn(self) -> None:
+        """Start our own server process (same ports and data dir as before, if any) without
+        waiting for it; :meth:`ready` says when it serves. Call it from the thread that
+        owns the server's life: Linux's parent-death signal follows the spawning thread."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         binary = find_nats_server()
         self.port = self.port or free_port(self.host)
         self.monitor_port = self.monitor_port or free_port(self.host)
@@ -175,28 +210,34 @@ class EmbeddedNats:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_set_pdeathsig
+                preexec_fn=set_parent_death_signal
                 if self.tie_to_parent and sys.platform == "linux"
                 else None,
             )
         finally:
             log.close()
         self.owned = True
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise NatsServerError(
-                    f"nats-server exited with code {self.process.returncode}; "
-                    f"see {self.log_file}:\n" + self._log_tail()
-                )
-            if _healthz(self.monitor_port):
-                self._write_state()
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise NatsServerError(
-            f"nats-server did not become ready in {timeout:.0f}s; see {self.log_file}"
-        )
+
+    def ready(self) -> bool:
+        """True once the spawned server answers its JetStream health check (blocking, up to
+        half a second); raises :class:`NatsServerError` if the process has exited."""
+        assert self.process is not None
+        code = self.process.poll()
+        if code is not None:
+            raise NatsServerError(
+                f"nats-server {describe_exit(code)}; see {self.log_file}:\n" + self._log_tail()
+            )
+        if _healthz(self.monitor_port):
+            self._write_state()
+            return True
+        return False
+
+    def exited(self) -> str | None:
+        """Why our server process is gone (``"exited (signal 9)"``), or None while it runs."""
+        if not self.owned or self.process is None:
+            return None
+        code = self.process.poll()
+        return None if code is None else describe_exit(code)
 
     def _write_state(self) -> None:
         assert self.process is not None

@@ -73,8 +73,7 @@ async def replay_batches(
     # what matched when the replay began: exactly these are read before a non-follow end
     remaining = created.num_pending or 0
     if not follow and remaining == 0:
-        with contextlib.suppress(Exception):
-            await js.delete_consumer(stream, str(config.name))
+        await _forget_consumer(js, stream, str(config.name))
         return
     sub = await js.pull_subscribe_bind(consumer=config.name, stream=stream)
     idle = 0
@@ -119,8 +118,18 @@ async def replay_batches(
         # the consumer may already be gone with the connection; the server drops it when idle
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-        with contextlib.suppress(Exception):
-            await js.delete_consumer(stream, str(config.name))
+        await _forget_consumer(js, stream, str(config.name))
+
+
+#: How long a replay waits to delete its ephemeral consumer. After a server restart the
+#: delete can hang for the whole JetStream API timeout; the server drops an idle consumer by
+#: itself after ``inactive_threshold``, so a replay never waits long for it.
+FORGET_TIMEOUT_S = 1.0
+
+
+async def _forget_consumer(js: JetStreamContext, stream: str, name: str) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(js.delete_consumer(stream, name), FORGET_TIMEOUT_S)
 
 
 async def replay_raw(

@@ -7,15 +7,23 @@ from dataclasses import dataclass, field
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
 
+from .errors import EngramError
+
 __all__ = [
     "CONSUMERS",
     "STREAMS",
     "ConsumerSpec",
     "StreamSpec",
+    "TopologyError",
     "ensure",
     "ensure_consumer",
     "stream_for",
 ]
+
+
+class TopologyError(EngramError):
+    """The server refused a stream as configured; the message names the stream, what we
+    asked for, what it has, and the server's own answer."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,21 @@ def _differs(want: api.StreamConfig, have: api.StreamConfig) -> bool:
         or (want.duplicate_window or 0) != (have.duplicate_window or 0)
         or (want.description or None) != (have.description or None)
         or (want.max_bytes or -1) != (have.max_bytes or -1)
+        or (want.num_replicas or 1) != (have.num_replicas or 1)
+    )
+
+
+def _refused(name: str, want: int, have: int | None, exc: APIError) -> TopologyError:
+    actual = "absent" if have is None else f"R{have}"
+    hint = (
+        " (a single nats-server holds R1 only; R3/R5 need a JetStream cluster)"
+        if want > 1 and exc.err_code == 10074
+        else ""
+    )
+    return TopologyError(
+        f"stream {name}: wanted R{want} replicas, has {actual}; "
+        f"the server answered: {exc.description or exc} (code {exc.code}, "
+        f"err_code {exc.err_code}){hint}"
     )
 
 
@@ -128,7 +151,9 @@ async def ensure(
 ) -> dict[str, str]:
     """Create missing streams and update changed ones. Returns ``{name: created|updated|ok}``.
 
-    Safe to call from every process at start-up, concurrently.
+    Safe to call from every process at start-up, concurrently. A change of ``replicas`` is
+    applied to existing streams (JetStream moves R1 to R3 in place); a server that cannot
+    hold it raises :class:`TopologyError` rather than leaving the stream as it was.
     """
     outcome: dict[str, str] = {}
     for spec in streams:
@@ -142,10 +167,13 @@ async def ensure(
                 continue
             except APIError as exc:  # raced with another process creating it
                 if exc.err_code != 10058:  # stream name already in use
-                    raise
+                    raise _refused(spec.name, replicas, None, exc) from exc
                 info = await js.stream_info(spec.name)
         if _differs(want, info.config):
-            await js.update_stream(want)
+            try:
+                await js.update_stream(want)
+            except APIError as exc:
+                raise _refused(spec.name, replicas, info.config.num_replicas, exc) from exc
             outcome[spec.name] = "updated"
         else:
             outcome[spec.name] = "ok"

@@ -247,6 +247,8 @@ class Axon:
     proof_versions: Iterable[int] = (2,)
     nonces: _core.NonceStore = field(default_factory=_core.NonceStore)
     max_live_nonces: int = MAX_LIVE_NONCES
+    # what /health reports beside the store: {"bus": "up" | "down: <cause>", ...}
+    health_checks: Callable[[], dict[str, str]] | None = None
 
     def __post_init__(self) -> None:
         self.proof_versions = frozenset(self.proof_versions)
@@ -635,16 +637,20 @@ class Axon:
     # --- operations -----------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
+        checks = self.health_checks() if self.health_checks is not None else {}
+        degraded = any(v != "up" for v in checks.values())
         return web.json_response(
             {
-                "status": "ok",
+                "status": "degraded" if degraded else "ok",
+                **checks,
                 "model_version": self.embedder.model_version,
                 "model": self.embedder.model_id,
                 "memories": len(self.store),
                 "applied_seq": self.store.applied_seq,
                 "uptime_s": round(time.time() - self.started, 1),
                 **(request.app[AUTH_KEY].public_info() if AUTH_KEY in request.app else {}),
-            }
+            },
+            status=503 if degraded else 200,
         )
 
     def stats_dict(self) -> dict[str, Any]:
@@ -704,8 +710,11 @@ def _as_result(rid: str, known: RequestStatus | None) -> ApplyResult | None:
     return ApplyResult(known.seq, "duplicate", known.cid or "", rid, known.namespace)
 
 
-def make_app(axon: Axon, auth: AxonAuth | None = None) -> web.Application:
-    """The axon's app; without ``auth`` it is unauthenticated (tests, embedding)."""
+def make_app(
+    axon: Axon, auth: AxonAuth | None = None, limits: Middleware | None = None
+) -> web.Application:
+    """The axon's app; without ``auth`` it is unauthenticated (tests, embedding).
+    ``limits`` (engram.miner.connections) runs inside the error middleware, before auth."""
 
     @web.middleware
     async def errors(
@@ -736,7 +745,11 @@ def make_app(axon: Axon, auth: AxonAuth | None = None) -> web.Application:
         axon.m_latency.labels(endpoint).observe(time.perf_counter() - t0)
         return resp
 
-    middlewares: list[Middleware] = [errors] if auth is None else [errors, auth.middleware()]
+    middlewares: list[Middleware] = [errors]
+    if limits is not None:
+        middlewares.append(limits)
+    if auth is not None:
+        middlewares.append(auth.middleware())
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     if auth is not None:
         app[AUTH_KEY] = auth

@@ -19,14 +19,28 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from prometheus_client import Gauge
 
 from engram.bus import Bus, open_bus
 from engram.config import Settings
+from engram.natsd import set_parent_death_signal
 from streams.worker import Worker
 
 from .auth import build_auth
 from .axon import Axon, make_app
+from .connections import (
+    BoundedExecutor,
+    ConnectionGate,
+    Handler,
+    InFlight,
+    Limits,
+    accept_backlog,
+    connection_cap,
+    limits_middleware,
+    raise_fd_limit,
+)
 from .embedder import Embedder, default_sessions, get_embedder
+from .guard import BusGuard, WorkerPool, watch_parent
 from .projection import StoreRunner
 from .store import MemoryStore
 from .workers import SORT_WINDOW, EmbedHandler, make_embed_worker
@@ -79,6 +93,11 @@ def _embed_worker(bus: Bus, settings: Settings, embedder: Embedder) -> tuple[Wor
 
 @dataclass
 class MinerNode:
+    """One miner. It owns what it starts (docs/architecture.md, "Supervision and limits"):
+    the embedded nats-server and the worker processes are restarted when they die, the
+    bus's state is on ``/health`` and ``/metrics``, and the axon's connections, requests
+    and threads are bounded."""
+
     settings: Settings
     host: str = "127.0.0.1"
     port: int = 8091
@@ -91,17 +110,42 @@ class MinerNode:
     worker: Worker | None = None
     handler: EmbedHandler | None = None
     axon: Axon | None = None
+    guard: BusGuard | None = None
+    pool: WorkerPool | None = None
+    gate: ConnectionGate | None = None
+    inflight: InFlight | None = None
+    executor: BoundedExecutor | None = None
     _site_runner: web.AppRunner | None = None
+    _listener: asyncio.AbstractServer | None = None
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def limits(self) -> Limits:
+        s = self.settings
+        return Limits(
+            max_connections=s.axon_max_connections,
+            max_inflight=s.axon_max_inflight,
+            head_timeout_s=s.axon_head_timeout_s,
+            body_timeout_s=s.axon_body_timeout_s,
+            keepalive_s=s.axon_keepalive_s,
+        )
+
     async def start(self) -> None:
         s = self.settings
+        loop = asyncio.get_running_loop()
+        fd_limit = raise_fd_limit()
+        # an explicit, bounded pool for store and embedding work (asyncio.to_thread uses it):
+        # room for every request in flight twice over, then 503 rather than an endless queue
+        threads = s.axon_threads or min(32, (os.cpu_count() or 1) + 4)
+        self.executor = BoundedExecutor(threads, 2 * s.axon_max_inflight + 64, "engram")
+        loop.set_default_executor(self.executor)
         self.bus = bus = await open_bus(s)
+        self.guard = BusGuard(bus)
+        self._tasks.append(asyncio.create_task(self.guard.run(self._stop), name="bus-guard"))
         query_embedder = await asyncio.to_thread(load_embedder, s, "query")
         self.store = await asyncio.to_thread(open_store, s, query_embedder.dim)
         self.runner = StoreRunner(
@@ -119,8 +163,11 @@ class MinerNode:
             embedder = await asyncio.to_thread(load_embedder, s, "embed")
             self.worker, self.handler = _embed_worker(bus, s, embedder)
             self._tasks.append(asyncio.create_task(self.worker.run(), name="embed-worker"))
-        for _ in range(self.worker_processes):
-            self._procs.append(spawn_worker_process(s, bus.url))
+        if self.worker_processes:
+            url = bus.url
+            self.pool = WorkerPool(lambda: spawn_worker_process(s, url), self.worker_processes)
+            self.pool.start()
+            self._tasks.append(asyncio.create_task(self.pool.run(self._stop), name="workers"))
         self.axon = Axon(
             self.store,
             self.runner,
@@ -130,20 +177,72 @@ class MinerNode:
             ingest_wait_s=self.ingest_wait_s,
             extra_stats=self._extra_stats,
             proof_versions=s.axon_proof_versions,
+            health_checks=lambda: {"bus": self.guard.status() if self.guard else "up"},
         )
+        self._metrics(self.axon)
         auth = await asyncio.to_thread(build_auth, s, self.host)  # btauth/1 (engram.miner.auth)
-        self._site_runner = web.AppRunner(make_app(self.axon, auth), access_log=None)
+        limits = self.limits()
+        self.inflight = InFlight(limits.max_inflight)
+        mw = limits_middleware(limits, self.inflight, self._bus_check)
+        self._site_runner = web.AppRunner(
+            make_app(self.axon, auth, mw),
+            access_log=None,
+            keepalive_timeout=limits.keepalive_s,
+            shutdown_timeout=min(s.stop_grace_s, 5.0),
+        )
         await self._site_runner.setup()
-        site = web.TCPSite(self._site_runner, self.host, self.port)
-        await site.start()
+        assert self._site_runner.server is not None
+        cap = connection_cap(limits.max_connections, fd_limit)
+        self.gate = ConnectionGate(self._site_runner.server, limits, cap)
+        self._listener = await loop.create_server(
+            self.gate, self.host, self.port, backlog=accept_backlog(fd_limit)
+        )
         if self.port == 0:  # a free port was chosen
-            server = site._server
-            assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-        log.info("axon listening", url=self.url, nats=bus.url)
+            self.port = self._listener.sockets[0].getsockname()[1]
+        log.info(
+            "axon listening", url=self.url, nats=bus.url, max_connections=cap, fd_limit=fd_limit
+        )
+
+    async def _bus_check(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Ingest needs the bus: refuse at once while it is down, and give up (503) on a
+        request in progress when it goes down, rather than wait out publish timeouts."""
+        if self.guard is None or request.path not in INGEST_PATHS:
+            return await handler(request)
+        return await self.guard.while_up(lambda: handler(request))
+
+    def _metrics(self, axon: Axon) -> None:
+        reg = axon.registry
+        Gauge("engram_bus_up", "1 while the bus is up", registry=reg).set_function(
+            lambda: 1.0 if self.guard is None or self.guard.up else 0.0
+        )
+        Gauge("engram_bus_restarts", "embedded nats-server restarts", registry=reg).set_function(
+            lambda: float(self.guard.restarts if self.guard else 0)
+        )
+        Gauge("engram_axon_connections", "open axon connections", registry=reg).set_function(
+            lambda: float(len(self.gate.live) if self.gate else 0)
+        )
+        Gauge("engram_axon_inflight", "requests in flight", registry=reg).set_function(
+            lambda: float(self.inflight.now if self.inflight else 0)
+        )
+        Gauge("engram_worker_processes_up", "worker processes running", registry=reg).set_function(
+            lambda: float(len(self.pool.pids()) if self.pool else 0)
+        )
 
     def _extra_stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"worker_processes": len(self._procs)}
+        out: dict[str, Any] = {
+            "worker_processes": self.pool.stats() if self.pool is not None else [],
+            "bus": {
+                "status": self.guard.status() if self.guard else "up",
+                "restarts": self.guard.restarts if self.guard else 0,
+            },
+        }
+        if self.gate is not None and self.inflight is not None:
+            out["connections"] = {
+                **self.gate.stats(),
+                "inflight": self.inflight.now,
+                "inflight_refused": self.inflight.refused,
+                "threads_refused": self.executor.refused if self.executor else 0,
+            }
         if self.worker is not None and self.handler is not None:
             out["embed_worker"] = {
                 **self.worker.stats.as_dict(),
@@ -154,28 +253,34 @@ class MinerNode:
         return out
 
     async def stop(self) -> None:
+        """Stop within about ``stop_grace_s``, also while the bus is down."""
+        if self._stop.is_set():
+            return
+        grace = self.settings.stop_grace_s
+        self._stop.set()
         if self.worker is not None:
             self.worker.stop()
         if self.runner is not None:
             self.runner.stop()
-        for p in self._procs:
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGTERM)
+        if self._listener is not None:
+            self._listener.close()
+        pool_stopped = asyncio.create_task(self.pool.stop(grace)) if self.pool is not None else None
         if self._site_runner is not None:
             await self._site_runner.cleanup()
+        if self.gate is not None:
+            self.gate.close_all()
         if self._tasks:
-            _done, pending = await asyncio.wait(self._tasks, timeout=30)
+            _done, pending = await asyncio.wait(self._tasks, timeout=grace)
             for t in pending:
                 t.cancel()
-        for p in self._procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            if pending:
+                await asyncio.wait(pending, timeout=grace)
+        if pool_stopped is not None:
+            await pool_stopped
         if self.store is not None:
             self.store.close()
         if self.bus is not None:
-            await self.bus.close()
+            await self.bus.close(timeout=grace)
 
     async def serve_forever(self) -> None:
         stop = asyncio.Event()
@@ -190,13 +295,39 @@ class MinerNode:
             await self.stop()
 
 
+#: the routes that publish to the bus
+INGEST_PATHS = frozenset({"/IngestSynapse", "/IngestBatch"})
+PARENT_PID_ENV = "ENGRAM_PARENT_PID"
+
+
 def spawn_worker_process(settings: Settings, nats_url: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, ENGRAM_NATS_URL=nats_url, ENGRAM_DATA_DIR=str(settings.data_path))
-    return subprocess.Popen([sys.executable, "-m", "engram.miner", "worker"], env=env)
+    """A worker process that dies with us: a parent-death signal (armed before exec) and
+    our pid, which the worker watches as a fallback (:func:`~.guard.watch_parent`)."""
+    env = dict(
+        os.environ,
+        ENGRAM_NATS_URL=nats_url,
+        ENGRAM_DATA_DIR=str(settings.data_path),
+        **{PARENT_PID_ENV: str(os.getpid())},
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "engram.miner", "worker"],
+        env=env,
+        preexec_fn=set_parent_death_signal if sys.platform == "linux" else None,
+    )
 
 
 async def run_embed_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run one embed worker until SIGTERM/SIGINT (or ``stop``)."""
+    """Run one embed worker until SIGTERM/SIGINT (or ``stop``), or until the miner that
+    started it (``ENGRAM_PARENT_PID``) is gone."""
+    stop = stop or asyncio.Event()
+    parent = int(os.environ.get(PARENT_PID_ENV, "0") or 0)
+    watcher = None
+    if parent:
+        set_parent_death_signal()  # again, in this process: also covers a re-exec
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            log.warning("parent process already gone; not starting", parent_pid=parent)
+            return
+        watcher = asyncio.create_task(watch_parent(parent, stop.set))
     bus = await open_bus(settings)
     try:
         embedder = await asyncio.to_thread(load_embedder, settings, "embed")
@@ -206,11 +337,13 @@ async def run_embed_worker(settings: Settings, stop: asyncio.Event | None = None
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, worker.stop)
         task = asyncio.create_task(worker.run())
-        if stop is not None:
+        if not stop.is_set():
             waiter = asyncio.create_task(stop.wait())
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            worker.stop()
             waiter.cancel()
+        worker.stop()
         await task
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await bus.close()
