@@ -185,6 +185,8 @@ class ChallengeIssued(Event, frozen=True, kw_only=True, tag="ChallengeIssued"):
     expires_at: float
     validator_hotkey_hex: str
     proof_version: int = 2
+    round_id: str = ""
+    miner_axon: str = ""  # host:port the dispatcher calls
 
 
 class ChallengeAnswered(Event, frozen=True, kw_only=True, tag="ChallengeAnswered"):
@@ -196,6 +198,8 @@ class ChallengeAnswered(Event, frozen=True, kw_only=True, tag="ChallengeAnswered
     proof: str | None = None
     latency_ms: float = 0.0
     error: str | None = None
+    status: int = 0  # the HTTP status (0: no answer: timeout or connection error)
+    miner_hotkey: str = ""
 
 
 class ProofVerified(Event, frozen=True, kw_only=True, tag="ProofVerified"):
@@ -205,6 +209,9 @@ class ProofVerified(Event, frozen=True, kw_only=True, tag="ProofVerified"):
     miner_uid: int
     passed: bool
     reason: str = ""
+    cid: str = ""
+    miner_hotkey: str = ""
+    round_id: str = ""
 
 
 class RecallSampled(Event, frozen=True, kw_only=True, tag="RecallSampled"):
@@ -215,6 +222,10 @@ class RecallSampled(Event, frozen=True, kw_only=True, tag="RecallSampled"):
     recall_at_10: float
     latency_ms: float
     queries: int = 1
+    miner_hotkey: str = ""
+    # per-query measurements of the round (recall averaged over every one of them)
+    recalls: list[float] = msgspec.field(default_factory=list)
+    latencies_ms: list[float | None] = msgspec.field(default_factory=list)
 
 
 class ScoreUpdated(Event, frozen=True, kw_only=True, tag="ScoreUpdated"):
@@ -226,6 +237,12 @@ class ScoreUpdated(Event, frozen=True, kw_only=True, tag="ScoreUpdated"):
     proof_success_rate: float
     composite: float
     ema: float
+    scorer_version: int = 1
+    round_id: str = ""
+    miner_hotkey: str = ""
+    slashed: bool = False
+    reason: str = ""
+    challenges: int = 0
 
 
 # --- weights ----------------------------------------------------------------------------
@@ -237,6 +254,12 @@ class WeightsProposed(Event, frozen=True, kw_only=True, tag="WeightsProposed"):
     epoch: int
     uids: list[int]
     weights: list[float]
+    scorer_version: int = 1
+    block: int = 0
+    netuid: int = 0
+
+    def msg_id(self) -> str:
+        return f"weights-proposed:{self.netuid}:{self.epoch}"
 
 
 class WeightsSet(Event, frozen=True, kw_only=True, tag="WeightsSet"):
@@ -246,6 +269,15 @@ class WeightsSet(Event, frozen=True, kw_only=True, tag="WeightsSet"):
     success: bool
     chain: str = "local"
     message: str = ""
+    block: int = 0
+    extrinsic: str = ""  # the extrinsic hash on a real chain, the local id on LocalChain
+    attempts: int = 1
+    netuid: int = 0
+
+    def msg_id(self) -> str:
+        # one outcome per epoch and attempt; a successful set is unique per epoch
+        suffix = "ok" if self.success else f"fail:{self.attempts}"
+        return f"weights-set:{self.netuid}:{self.epoch}:{suffix}"
 
 
 # --- dead letters and demo --------------------------------------------------------------
