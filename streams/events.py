@@ -28,6 +28,7 @@ __all__ = [
     "BlobArchived",
     "BlobDescribed",
     "BlobReceived",
+    "CadenceTicked",
     "ChallengeAnswered",
     "ChallengeIssued",
     "DeadLettered",
@@ -174,6 +175,25 @@ class BlobDescribed(Event, frozen=True, kw_only=True, tag="BlobDescribed"):
 # --- validation -------------------------------------------------------------------------
 
 
+class CadenceTicked(Event, frozen=True, kw_only=True, tag="CadenceTicked"):
+    """The validator's scheduler: one ``cadence`` period (``evaluation``, ``challenge``,
+    ``weights``) began. ``seq`` is ``floor(time / period_s)``, so a restarted scheduler
+    re-publishes the same tick under the same message id and JetStream drops it."""
+
+    SUBJECT: ClassVar[str] = "engram.validation.tick"
+
+    cadence: str
+    seq: int
+    period_s: float
+    validator: str = ""  # the validator's hotkey (ss58)
+
+    def subject(self) -> str:
+        return f"{self.SUBJECT}.{self.cadence}"
+
+    def msg_id(self) -> str:
+        return f"tick:{self.validator}:{self.cadence}:{self.seq}"
+
+
 class ChallengeIssued(Event, frozen=True, kw_only=True, tag="ChallengeIssued"):
     SUBJECT: ClassVar[str] = "engram.validation.challenge.issued"
 
@@ -188,6 +208,9 @@ class ChallengeIssued(Event, frozen=True, kw_only=True, tag="ChallengeIssued"):
     round_id: str = ""
     miner_axon: str = ""  # host:port the dispatcher calls
 
+    def msg_id(self) -> str:
+        return f"issued:{self.challenge_id}"
+
 
 class ChallengeAnswered(Event, frozen=True, kw_only=True, tag="ChallengeAnswered"):
     SUBJECT: ClassVar[str] = "engram.validation.challenge.answered"
@@ -200,6 +223,16 @@ class ChallengeAnswered(Event, frozen=True, kw_only=True, tag="ChallengeAnswered
     error: str | None = None
     status: int = 0  # the HTTP status (0: no answer: timeout or connection error)
     miner_hotkey: str = ""
+    # the challenge as issued (copied by the dispatcher, so the verifier needs no lookup)
+    cid: str = ""
+    nonce_hex: str = ""
+    expires_at: float = 0.0
+    validator_hotkey_hex: str = ""
+    proof_version: int = 2
+    round_id: str = ""
+
+    def msg_id(self) -> str:
+        return f"answered:{self.challenge_id}"
 
 
 class ProofVerified(Event, frozen=True, kw_only=True, tag="ProofVerified"):
@@ -212,6 +245,9 @@ class ProofVerified(Event, frozen=True, kw_only=True, tag="ProofVerified"):
     cid: str = ""
     miner_hotkey: str = ""
     round_id: str = ""
+
+    def msg_id(self) -> str:
+        return f"verified:{self.challenge_id}"
 
 
 class RecallSampled(Event, frozen=True, kw_only=True, tag="RecallSampled"):
@@ -226,6 +262,9 @@ class RecallSampled(Event, frozen=True, kw_only=True, tag="RecallSampled"):
     # per-query measurements of the round (recall averaged over every one of them)
     recalls: list[float] = msgspec.field(default_factory=list)
     latencies_ms: list[float | None] = msgspec.field(default_factory=list)
+
+    def msg_id(self) -> str:
+        return f"recall:{self.round_id}:{self.miner_uid}"
 
 
 class ScoreUpdated(Event, frozen=True, kw_only=True, tag="ScoreUpdated"):
@@ -243,6 +282,9 @@ class ScoreUpdated(Event, frozen=True, kw_only=True, tag="ScoreUpdated"):
     slashed: bool = False
     reason: str = ""
     challenges: int = 0
+
+    def msg_id(self) -> str:
+        return f"score:{self.round_id}:{self.miner_uid}" if self.round_id else self.event_id
 
 
 # --- weights ----------------------------------------------------------------------------
@@ -328,6 +370,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     BlobReceived,
     BlobArchived,
     BlobDescribed,
+    CadenceTicked,
     ChallengeIssued,
     ChallengeAnswered,
     ProofVerified,
@@ -347,6 +390,7 @@ AnyEvent: TypeAlias = (
     | BlobReceived
     | BlobArchived
     | BlobDescribed
+    | CadenceTicked
     | ChallengeIssued
     | ChallengeAnswered
     | ProofVerified

@@ -1,0 +1,188 @@
+"""The scorer: a projection over VALIDATION that turns each ``RecallSampled`` into one
+``ScoreUpdated``, exactly once, across restarts.
+
+:class:`ScoreBook` is the pure fold shared with the audit: proof verdicts per miner (in
+stream order), the last EMA per miner, and the rounds already scored. When the projection
+applies a ``RecallSampled`` for a (round, uid) without a ``ScoreUpdated`` yet, it
+snapshots the round's input (its recall and latency samples, and the verdicts applied
+*before* it) as pending. :class:`ScorerService` scores pending rounds one at a time in
+stream order with the recorded scorer version and the miner's last EMA, publishes
+``ScoreUpdated`` (message id ``score:<round>:<uid>``) and waits until the projection has
+applied it before the next, so the next round's EMA starts from it.
+
+A restart replays the stream: rounds whose ``ScoreUpdated`` is on the stream are done, the
+others are pending again, so nothing is counted twice or lost. A uid that changes hotkey
+(deregistered, taken by another miner) starts from scratch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+import structlog
+from nats.js import JetStreamContext
+
+from streams.events import Event, ProofVerified, RecallSampled, ScoreUpdated
+from streams.projection import Projection, ProjectionRunner
+from streams.publisher import Publisher
+
+from .scoring import SCORER_VERSION, MinerRound, RoundScore, scorer_for
+
+__all__ = ["Pending", "ScoreBook", "ScorerProjection", "ScorerService"]
+
+log = structlog.get_logger("engram.validator.scorer")
+
+
+@dataclass(frozen=True)
+class Pending:
+    seq: int
+    sample: RecallSampled
+    measured: MinerRound
+
+
+@dataclass
+class ScoreBook:
+    """Verdicts, EMAs and scored rounds per miner uid, folded in stream order."""
+
+    verdicts: dict[int, list[bool]] = field(default_factory=dict)
+    ema: dict[int, float] = field(default_factory=dict)
+    slashed: dict[int, bool] = field(default_factory=dict)
+    hotkeys: dict[int, str] = field(default_factory=dict)
+    scored: set[tuple[str, int]] = field(default_factory=set)
+
+    def _owner(self, uid: int, hotkey: str) -> None:
+        if hotkey and self.hotkeys.get(uid, hotkey) != hotkey:
+            self.verdicts.pop(uid, None)
+            self.ema.pop(uid, None)
+            self.slashed.pop(uid, None)
+        if hotkey:
+            self.hotkeys[uid] = hotkey
+
+    def on_verdict(self, e: ProofVerified) -> None:
+        self._owner(e.miner_uid, e.miner_hotkey)
+        self.verdicts.setdefault(e.miner_uid, []).append(e.passed)
+
+    def measured(self, e: RecallSampled) -> MinerRound:
+        self._owner(e.miner_uid, e.miner_hotkey)
+        recalls = tuple(e.recalls) if e.recalls else (e.recall_at_10,) * max(e.queries, 1)
+        latencies = tuple(e.latencies_ms) if e.latencies_ms else (e.latency_ms,) * max(e.queries, 1)
+        return MinerRound(
+            recall_samples=recalls,
+            latencies_ms=latencies,
+            verdicts=tuple(self.verdicts.get(e.miner_uid, ())),
+        )
+
+    def on_score(self, e: ScoreUpdated) -> bool:
+        """Apply a score; a second one for the same (round, uid) is ignored (False)."""
+        if (e.round_id, e.miner_uid) in self.scored:
+            return False
+        self._owner(e.miner_uid, e.miner_hotkey)
+        self.ema[e.miner_uid] = e.ema
+        self.slashed[e.miner_uid] = e.slashed
+        self.scored.add((e.round_id, e.miner_uid))
+        return True
+
+    def score(self, p: Pending, version: int = SCORER_VERSION) -> RoundScore:
+        return scorer_for(version).score(p.measured, self.ema.get(p.sample.miner_uid))
+
+
+def score_event(p: Pending, s: RoundScore) -> ScoreUpdated:
+    return ScoreUpdated(
+        causation_id=p.sample.event_id,
+        miner_uid=p.sample.miner_uid,
+        miner_hotkey=p.sample.miner_hotkey,
+        round_id=p.sample.round_id,
+        recall=s.recall,
+        latency_score=s.latency_score,
+        proof_success_rate=s.proof_success_rate,
+        composite=s.composite,
+        ema=s.ema,
+        slashed=s.slashed,
+        reason=s.reason,
+        challenges=s.challenges,
+        scorer_version=s.scorer_version,
+    )
+
+
+class ScorerProjection(Projection):
+    stream = "VALIDATION"
+    subjects = [ProofVerified.SUBJECT, RecallSampled.SUBJECT, ScoreUpdated.SUBJECT]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.book = ScoreBook()
+        self.pending: dict[tuple[str, int], Pending] = {}
+
+    def apply(self, seq: int, event: Event) -> None:
+        if isinstance(event, ProofVerified):
+            self.book.on_verdict(event)
+        elif isinstance(event, RecallSampled):
+            key = (event.round_id, event.miner_uid)
+            if key not in self.book.scored and key not in self.pending:
+                self.pending[key] = Pending(seq, event, self.book.measured(event))
+        elif isinstance(event, ScoreUpdated):
+            self.book.on_score(event)
+            self.pending.pop((event.round_id, event.miner_uid), None)
+
+    def reset(self) -> None:
+        super().reset()
+        self.book = ScoreBook()
+        self.pending = {}
+
+
+class ScorerService:
+    """Follows the projection and publishes a ``ScoreUpdated`` per pending round."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        publisher: Publisher,
+        *,
+        scorer_version: int = SCORER_VERSION,
+        poll_s: float = 0.05,
+    ) -> None:
+        scorer_for(scorer_version)  # refuse an unknown version at start
+        self.projection = ScorerProjection()
+        self.runner = ProjectionRunner(js, self.projection, snapshot_every_events=10**9)
+        self.publisher = publisher
+        self.version = scorer_version
+        self.poll_s = poll_s
+        self.published = 0
+
+    async def score_pending(self) -> int:
+        """Score every pending round in stream order; returns how many were published."""
+        n = 0
+        while self.projection.pending:
+            key, p = min(self.projection.pending.items(), key=lambda kv: kv[1].seq)
+            s = self.projection.book.score(p, self.version)
+            ack = await self.publisher.publish(score_event(p, s))
+            if not await self.runner.wait_for(ack.seq, timeout=30.0):
+                raise TimeoutError(f"projection did not apply ScoreUpdated seq {ack.seq}")
+            self.projection.pending.pop(key, None)  # (applied; a duplicate ack also lands here)
+            n += 1
+            self.published += 1
+        return n
+
+    async def run(self, stop: asyncio.Event) -> None:
+        # catch up before scoring: a round scored before a restart is only known to be
+        # done once its ScoreUpdated has been applied
+        await self.runner.catch_up()
+        follow = asyncio.create_task(self.runner.run())
+        try:
+            while not stop.is_set():
+                if follow.done():
+                    follow.result()
+                try:
+                    await self.score_pending()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("scoring failed; retrying", error=repr(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.poll_s)
+        finally:
+            self.runner.stop()
+            follow.cancel()
+            await asyncio.gather(follow, return_exceptions=True)
