@@ -102,6 +102,13 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
         description="challenge tick -> ChallengeIssued per miner",
     ),
     ConsumerSpec(
+        "validator-evaluator",
+        "VALIDATION",
+        ("engram.validation.tick.evaluation",),
+        ack_wait_s=120.0,
+        description="evaluation tick -> probes ingested and queried -> RecallSampled",
+    ),
+    ConsumerSpec(
         "validator-dispatcher",
         "VALIDATION",
         ("engram.validation.challenge.issued",),
