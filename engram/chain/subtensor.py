@@ -63,7 +63,10 @@ class BittensorChain:
     ) -> None:
         import bittensor
 
+        from bittensor.signing import as_ss58, as_wallet
+
         self._bt = bittensor
+        wallet = as_wallet(wallet)  # a wallet name ("cold" or "cold/hot") becomes a Wallet
         self._wallet = wallet
         self._netuid = netuid
         self._network = network
@@ -74,8 +77,6 @@ class BittensorChain:
         self._client: Any | None = None
         self._lock = asyncio.Lock()
         self.reconnects = 0
-        from bittensor.signing import as_ss58
-
         self._hotkey = str(as_ss58(wallet, "hotkey_ss58"))
 
     # -- the Chain interface ------------------------------------------------------------
