@@ -83,5 +83,64 @@ def validator_run(
     asyncio.run(node.run())
 
 
+@click.group("audit")
+def audit_group() -> None:
+    """Audit what the validator recorded."""
+
+
+@audit_group.command("weights")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--epoch", type=int, default=None, help="Only this epoch.")
+@click.option("--validator", default=None, help="Only this validator's ticks (ss58).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.pass_context
+def audit_weights(
+    ctx: click.Context,
+    data_dir: str | None,
+    epoch: int | None,
+    validator: str | None,
+    as_json: bool,
+) -> None:
+    """Replay VALIDATION from the start with the recorded scorer versions, recompute every
+    weight set, and say whether it equals the recorded one; explain each miner's weight."""
+    import json
+
+    from engram.bus import open_bus
+    from engram.validator.audit import audit
+
+    s = _settings(ctx, data_dir)
+
+    async def go() -> Any:
+        bus = await open_bus(s)
+        try:
+            return await audit(bus.js, validator=validator, epoch=epoch)
+        finally:
+            await bus.close()
+
+    report = asyncio.run(go())
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        click.echo(
+            f"audit {'OK' if report.ok else 'FAILED'}: {report.events} events, "
+            f"{report.scores_checked} scores recomputed, {len(report.epochs)} weight sets"
+        )
+        for m in report.score_mismatches:
+            click.echo(f"  score mismatch: {m}")
+        for e in report.epochs:
+            state = "ok" if e.ok else f"MISMATCH ({e.problem})"
+            click.echo(f"epoch {e.epoch} (scorer v{e.scorer_version}): {state}")
+            for x in e.miners:
+                why = f"slashed: {x.reason}" if x.slashed else (x.reason or "")
+                click.echo(
+                    f"  uid {x.uid:>4} weight {x.weight:.4f} ema {x.ema:.4f} recall "
+                    f"{x.recall:.3f} latency {x.latency_score:.3f} proofs "
+                    f"{x.proof_success_rate:.2f} ({x.challenges}) {why}"
+                )
+    if not report.ok:
+        ctx.exit(1)
+
+
 def register(main: click.Group) -> None:
     main.add_command(validator)
+    main.add_command(audit_group)

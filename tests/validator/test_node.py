@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+import msgspec
 from bittensor_core import Keypair
 
 from engram.bus import Bus
@@ -14,9 +15,18 @@ from engram.chain import LocalChain
 from engram.config import Settings
 from engram.miner.embedder import Embedder
 from engram.miner.node import MinerNode
+from engram.validator.audit import audit, audit_events
 from engram.validator.config import ValidatorConfig
 from engram.validator.node import ValidatorNode
-from streams.events import ProofVerified, RecallSampled, ScoreUpdated, WeightsSet
+from streams.events import (
+    Event,
+    ProofVerified,
+    RecallSampled,
+    ScoreUpdated,
+    WeightsProposed,
+    WeightsSet,
+)
+from streams.replay import replay_raw
 
 from .helpers import events_of, until
 
@@ -84,3 +94,56 @@ async def _health(node: MinerNode) -> str:
 
     async with aiohttp.ClientSession() as s, s.get(f"{node.url}/health") as r:
         return str((await r.json())["hotkey_ss58"])
+
+
+async def _read(bus: Bus, stream: str) -> list[tuple[int, Event]]:
+    return [(i.seq, i.event) async for i in replay_raw(bus.js, stream) if i.event is not None]
+
+
+async def test_audit_reproduces_recorded_weights_and_detects_tampering(
+    bus: Bus, settings: Settings, node: MinerNode, embedder: Embedder
+) -> None:
+    vali = Keypair.create_from_uri("//Alice")
+    miner = await _health(node)
+    chain = await LocalChain.open(bus.js, vali.ss58_address)
+    await chain.register(miner)
+    await chain.acting_as(miner).serve_axon(node.host, node.port)
+    cfg = ValidatorConfig(evaluation_s=1.0, challenge_s=1.0, weights_s=2.0, http_timeout_s=10.0)
+    v = ValidatorNode(
+        settings, cfg, keypair=vali, embed=embedder.embed, model_version=embedder.model_version
+    )
+    task = asyncio.create_task(v.run())
+    try:
+        await until(lambda: _weights_set(bus, 2), timeout=90)
+    finally:
+        v.stop()
+        await asyncio.wait_for(task, 60)
+
+    report = await audit(bus.js, validator=vali.ss58_address)
+    scores = await events_of(bus.js, "VALIDATION", ScoreUpdated)
+    assert report.ok, (report.score_mismatches, [e.problem for e in report.epochs])
+    assert report.scores_checked == len(scores) >= 2
+    proposed = await events_of(bus.js, "WEIGHTS", WeightsProposed)
+    assert len(report.epochs) == len(proposed)
+    (explained,) = report.epochs[-1].miners  # the one miner, in the last epoch
+    assert explained.weight == 1.0 and explained.hotkey == miner and not explained.slashed
+    assert explained.recall > 0.5 and explained.proof_success_rate == 1.0 and explained.challenges
+
+    validation = await _read(bus, "VALIDATION")
+    weights = [e for _s, e in await _read(bus, "WEIGHTS")]
+    # tamper with one recorded score: the audit names it
+    i = next(k for k, (_s, e) in enumerate(validation) if isinstance(e, ScoreUpdated))
+    seq, e = validation[i]
+    forged = list(validation)
+    forged[i] = (seq, msgspec.structs.replace(e, ema=e.ema + 0.01))  # type: ignore[arg-type]
+    bad = audit_events(forged, weights, validator=vali.ss58_address)
+    assert not bad.ok and len(bad.score_mismatches) == 1
+    assert f"seq {seq}" in bad.score_mismatches[0] and "ema recorded" in bad.score_mismatches[0]
+    # tamper with a recorded weight set: its epoch fails
+    j = next(k for k, w in enumerate(weights) if isinstance(w, WeightsProposed) and any(w.weights))
+    w = weights[j]
+    assert isinstance(w, WeightsProposed)
+    forged_w = list(weights)
+    forged_w[j] = msgspec.structs.replace(w, weights=[x * 0.5 for x in w.weights])
+    bad = audit_events(validation, forged_w, validator=vali.ss58_address)
+    assert not bad.ok and [e.epoch for e in bad.epochs if not e.ok] == [w.epoch]
