@@ -245,6 +245,9 @@ class ProofVerified(Event, frozen=True, kw_only=True, tag="ProofVerified"):
     cid: str = ""
     miner_hotkey: str = ""
     round_id: str = ""
+    # the miner is not to blame (the challenge expired before it was sent, the validator
+    # lost its ground truth): recorded, but not counted in the proof rate
+    void: bool = False
 
     def msg_id(self) -> str:
         return f"verified:{self.challenge_id}"

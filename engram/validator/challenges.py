@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +49,15 @@ from .config import ValidatorConfig
 from .http import MinerHttp
 from .ledger import ProbeLedger
 
-__all__ = ["Challenger", "Dispatcher", "SeenNonces", "Verifier", "verdict"]
+__all__ = [
+    "NOT_SENT",
+    "VOID_REASONS",
+    "Challenger",
+    "Dispatcher",
+    "SeenNonces",
+    "Verifier",
+    "verdict",
+]
 
 log = structlog.get_logger("engram.validator.challenges")
 
@@ -116,6 +125,9 @@ class Dispatcher:
             await self.publisher.publish_many(answers)
 
     async def dispatch(self, c: ChallengeIssued) -> ChallengeAnswered:
+        if time.time() >= c.expires_at:
+            # delivered too late (the validator was down): not the miner's fault
+            return self._answered(c, None, None, 0.0, NOT_SENT, -1)
         payload = {
             "cid": c.cid,
             "nonce_hex": c.nonce_hex,
@@ -132,16 +144,34 @@ class Dispatcher:
         error = reply.error
         if error is None and not isinstance(proof, str):
             error = "answer has no proof"
+        return self._answered(
+            c,
+            proof if isinstance(proof, str) else None,
+            ehash if isinstance(ehash, str) else None,
+            reply.latency_ms,
+            error,
+            reply.status,
+        )
+
+    @staticmethod
+    def _answered(
+        c: ChallengeIssued,
+        proof: str | None,
+        ehash: str | None,
+        latency_ms: float,
+        error: str | None,
+        status: int,
+    ) -> ChallengeAnswered:
         return ChallengeAnswered(
             causation_id=c.event_id,
             challenge_id=c.challenge_id,
             miner_uid=c.miner_uid,
             miner_hotkey=c.miner_hotkey,
-            embedding_hash=ehash if isinstance(ehash, str) else None,
-            proof=proof if isinstance(proof, str) else None,
-            latency_ms=reply.latency_ms,
+            embedding_hash=ehash,
+            proof=proof,
+            latency_ms=latency_ms,
             error=error,
-            status=reply.status,
+            status=status,
             cid=c.cid,
             nonce_hex=c.nonce_hex,
             expires_at=c.expires_at,
@@ -170,8 +200,16 @@ class SeenNonces:
         return True
 
 
+#: ``ChallengeAnswered.error`` of a challenge the dispatcher did not send (expired first).
+NOT_SENT = "not sent: expired before dispatch"
+#: Reasons that void a verdict: the miner is not to blame.
+VOID_REASONS = (NOT_SENT, "no ground truth for this cid")
+
+
 def verdict(answer: ChallengeAnswered, vector: Any | None, seen: SeenNonces) -> tuple[bool, str]:
     """The verdict for one answer (pure given the vector): ``(passed, reason)``."""
+    if answer.error == NOT_SENT:
+        return False, NOT_SENT
     if answer.error:
         return False, f"no answer: {answer.error}"[:200]
     if answer.proof is None:
@@ -223,6 +261,7 @@ class Verifier:
                     cid=a.cid,
                     miner_hotkey=a.miner_hotkey,
                     round_id=a.round_id,
+                    void=reason in VOID_REASONS,
                 )
             )
         if out:

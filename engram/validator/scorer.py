@@ -61,6 +61,8 @@ class ScoreBook:
             self.hotkeys[uid] = hotkey
 
     def on_verdict(self, e: ProofVerified) -> None:
+        if e.void:  # not the miner's fault: not counted
+            return
         self._owner(e.miner_uid, e.miner_hotkey)
         self.verdicts.setdefault(e.miner_uid, []).append(e.passed)
 

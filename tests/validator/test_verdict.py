@@ -89,3 +89,30 @@ def test_errors_and_malformed_answers_fail_with_a_reason(
 
 def test_no_ground_truth_is_a_failure_with_its_reason() -> None:
     assert verdict(_answered(2), None, SeenNonces()) == (False, "no ground truth for this cid")
+
+
+async def test_a_challenge_expired_before_dispatch_is_not_sent_and_voids() -> None:
+    from engram.validator.challenges import NOT_SENT, Dispatcher
+    from engram.validator.http import MinerHttp
+    from engram.validator.scorer import ScoreBook
+    from streams.events import ChallengeIssued, ProofVerified
+
+    c = ChallengeIssued(
+        challenge_id="v:challenge:1:3:0",
+        miner_uid=3,
+        miner_hotkey="5M",
+        cid="v1::00",
+        nonce_hex="11" * 32,
+        expires_at=1.0,  # long ago
+        validator_hotkey_hex=HOTKEY_HEX,
+        miner_axon="127.0.0.1:9",  # nothing listens: sending would give a connection error
+    )
+    async with MinerHttp(None, timeout_s=1.0, max_inflight=1) as http:
+        a = await Dispatcher(http, None).dispatch(c)  # type: ignore[arg-type]
+    assert a.error == NOT_SENT and a.status == -1
+    assert verdict(a, VEC, SeenNonces()) == (False, NOT_SENT)
+
+    book = ScoreBook()
+    book.on_verdict(ProofVerified(challenge_id="x", miner_uid=3, passed=False, void=True))
+    book.on_verdict(ProofVerified(challenge_id="y", miner_uid=3, passed=True))
+    assert book.verdicts[3] == [True]
