@@ -88,7 +88,7 @@ class ValidatorNode:
             return self.embed, self.model_version
         from engram.miner.node import load_embedder
 
-        e = await asyncio.to_thread(load_embedder, self.settings, "query")
+        e = await asyncio.to_thread(load_embedder, self.settings, "embed")
         return e.embed, e.model_version
 
     async def run(self) -> None:
