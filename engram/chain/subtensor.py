@@ -62,7 +62,6 @@ class BittensorChain:
         version_key: int = 0,
     ) -> None:
         import bittensor
-
         from bittensor.signing import as_ss58, as_wallet
 
         self._bt = bittensor

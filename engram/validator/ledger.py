@@ -7,8 +7,11 @@ proof; the evaluator runs its exact search over it. State lives in a JetStream K
 (``engram_probes``) so every process of the validator shares it and a restart keeps it:
 
 * ``vec.<sha256(cid) hex>``: msgpack ``{cid, vector (f32 little-endian bytes), dim}``;
-* ``held.<miner hotkey ss58>``: msgpack list of the CIDs ingested to that miner
-  (compare-and-set on the entry's revision, so concurrent writers lose nothing).
+* ``held.<miner hotkey ss58>``: msgpack list of the newest ``MAX_HELD`` CIDs ingested to
+  that miner (compare-and-set on the entry's revision, so concurrent writers lose nothing).
+
+Entries expire after ``TTL_S`` (7 days) unless rewritten: old probes stop being
+challenged, and the bucket stays bounded.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from streams.retry import Backoff, retry
 __all__ = ["BUCKET", "ProbeLedger", "ProbeRecord"]
 
 BUCKET = "engram_probes"
+MAX_HELD = 4096  # CIDs remembered per miner (a KV value stays far below its 1 MiB limit)
+TTL_S = 7 * 24 * 3600.0
 _CAS = Backoff(initial=0.005, maximum=0.2, jitter=0.5)
 
 
@@ -59,7 +64,7 @@ class ProbeLedger:
             kv = await js.key_value(BUCKET)
         except BucketNotFoundError:
             kv = await js.create_key_value(
-                api.KeyValueConfig(bucket=BUCKET, history=1, replicas=replicas)
+                api.KeyValueConfig(bucket=BUCKET, history=1, replicas=replicas, ttl=TTL_S)
             )
         return cls(kv)
 
@@ -79,7 +84,8 @@ class ProbeLedger:
 
         async def once() -> None:
             held, rev = await self._held(miner_hotkey)
-            merged = held + [c for c in new if c not in set(held)]
+            have = set(held)
+            merged = (held + [c for c in new if c not in have])[-MAX_HELD:]
             data = msgspec.msgpack.encode(merged)
             if rev is None:
                 await self.kv.create(f"held.{miner_hotkey}", data)

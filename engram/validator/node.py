@@ -122,6 +122,7 @@ class ValidatorNode:
             challenger = Challenger(chain, ledger, pub, cfg, keypair.public_key.hex())
             evaluator = Evaluator(chain, ledger, pub, http, embed, model_version)
             setter = ChainSetter(chain, pub, attempts=cfg.set_weights_attempts)
+            await setter.load_done(bus.js)
             self.workers = [
                 worker("validator-challenger", challenger.handle, batch=1),
                 worker("validator-evaluator", evaluator.handle, batch=1),

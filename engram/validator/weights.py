@@ -176,10 +176,29 @@ class ChainSetter:
     backoff: Backoff = field(default_factory=lambda: Backoff(initial=1.0, maximum=60.0))
     version_key: int = 0
 
+    done: set[tuple[int, int]] = field(default_factory=set)  # (netuid, epoch) set on chain
+
+    async def load_done(self, js: JetStreamContext) -> None:
+        """Epochs already set on chain (from WEIGHTS), so a redelivered proposal is not
+        sent to the chain twice."""
+        async for item in replay_raw(js, "WEIGHTS", subjects=[WeightsSet.SUBJECT]):
+            e = item.event
+            if isinstance(e, WeightsSet) and e.success:
+                self.done.add((e.netuid, e.epoch))
+
     async def handle(self, deliveries: list[Delivery]) -> None:
         for d in deliveries:
-            if isinstance(d.event, WeightsProposed):
-                await self.publisher.publish(await self.set(d.event))
+            p = d.event
+            if not isinstance(p, WeightsProposed):
+                continue
+            newest = max((e for n, e in self.done if n == p.netuid), default=None)
+            if (p.netuid, p.epoch) in self.done or (newest is not None and p.epoch < newest):
+                log.info("weights already set for this or a newer epoch", epoch=p.epoch)
+                continue
+            outcome = await self.set(p)
+            await self.publisher.publish(outcome)
+            if outcome.success:
+                self.done.add((p.netuid, p.epoch))
 
     async def set(self, p: WeightsProposed) -> WeightsSet:
         tries = 0

@@ -22,7 +22,7 @@ from streams.events import (
     WeightsSet,
 )
 from streams.topology import consumer
-from streams.worker import Worker
+from streams.worker import Delivery, Worker
 
 from .helpers import events_of, until
 
@@ -215,6 +215,17 @@ async def test_weights_are_folded_per_epoch_and_set_on_the_local_chain(bus: Bus)
     assert rec is not None and rec.uids == [1, 2, 3]
     assert rec.weights == pytest.approx([0.75, 0.25, 0.0])
 
+    # a restarted setter that gets epoch 7 again (or an older one) does not set it twice
+    again_setter = ChainSetter(chain, pub)
+    await again_setter.load_done(bus.js)
+    assert again_setter.done == {(1, 7)}
+    await chain.advance(5)
+    for epoch in (7, 6):
+        stale = WeightsProposed(epoch=epoch, uids=[1], weights=[1.0], netuid=1)
+        await again_setter.handle([Delivery(msg=None, event=stale, stream_seq=0, num_delivered=1)])  # type: ignore[arg-type]
+    assert len(await events_of(bus.js, "WEIGHTS", WeightsSet)) == 1
+    assert await chain.weights(0) == rec
+
 
 async def test_the_setter_reports_refusals_and_all_zero_weights(bus: Bus) -> None:
     chain = await LocalChain.open(bus.js, "5NoPermit")
@@ -225,3 +236,27 @@ async def test_the_setter_reports_refusals_and_all_zero_weights(bus: Bus) -> Non
     assert not refused.success and "permit" in refused.message
     zero = await setter.set(WeightsProposed(epoch=2, uids=[1], weights=[0.0]))
     assert not zero.success and "zero" in zero.message
+
+
+async def test_the_probe_ledger_keeps_vectors_and_the_newest_cids_per_miner(bus: Bus) -> None:
+    import numpy as np
+
+    from engram.validator import ledger as ledger_mod
+    from engram.validator.ledger import ProbeLedger
+
+    led = await ProbeLedger.open(bus.js)
+    vec = np.arange(4, dtype=np.float32)
+    await led.record("5M1", "v1::aa", vec)
+    await led.record("5M1", "v1::aa", vec)  # recorded once
+    rec = await led.vector("v1::aa")
+    assert rec is not None and rec.dim == 4 and rec.array().tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert await led.vector("v1::nope") is None
+    assert await led.cids_for("5M1") == ["v1::aa"] and await led.cids_for("5M2") == []
+    old = ledger_mod.MAX_HELD
+    ledger_mod.MAX_HELD = 3
+    try:
+        await asyncio.gather(*(led.record("5M2", f"v1::{i}", vec) for i in range(5)))
+    finally:
+        ledger_mod.MAX_HELD = old
+    held = await led.cids_for("5M2")
+    assert len(held) == 3 and set(held) <= {f"v1::{i}" for i in range(5)}
