@@ -187,11 +187,14 @@ class SeenNonces:
     again is a redelivery (same verdict); another challenge id is a replay."""
 
     _seen: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _pruned_at: float = 0.0
 
     def check(self, nonce_hex: str, challenge_id: str, expires_at: float, now: float) -> bool:
         """True if fine, False if the nonce was used by another challenge."""
-        for k in [k for k, (_c, exp) in self._seen.items() if exp <= now - 3600]:
-            del self._seen[k]
+        if now - self._pruned_at > 60.0:  # forget nonces an hour past their expiry
+            self._pruned_at = now
+            for k in [k for k, (_c, exp) in self._seen.items() if exp <= now - 3600]:
+                del self._seen[k]
         key = nonce_hex.lower()
         prior = self._seen.get(key)
         if prior is not None and prior[0] != challenge_id:

@@ -36,6 +36,9 @@ class MinerHttp:
     """One client session for every miner; at most ``max_inflight`` requests at once."""
 
     def __init__(self, keypair: Any | None, *, timeout_s: float, max_inflight: int) -> None:
+        from bittensor.http_auth import sign  # the SDK import (~0.5 s) once, not per call
+
+        self._sign = sign
         self.keypair = keypair
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._slots = asyncio.Semaphore(max_inflight)
@@ -63,9 +66,7 @@ class MinerHttp:
     def headers(self, method: str, path: str, body: bytes, receiver: str | None) -> dict[str, str]:
         if self.keypair is None:
             return {}
-        from bittensor.http_auth import sign
-
-        return sign(self.keypair, method=method, path=path, body=body, receiver_ss58=receiver)
+        return self._sign(self.keypair, method=method, path=path, body=body, receiver_ss58=receiver)
 
     async def post(
         self, axon: str, path: str, payload: Any, *, receiver: str | None, keypair: Any = None
@@ -74,8 +75,12 @@ class MinerHttp:
         validator's) for ``receiver``."""
         data = json.dumps(payload).encode()
         async with self._slots:
-            signer = self if keypair is None else _Signer(keypair)
-            headers = signer.headers("POST", path, data, receiver)
+            if keypair is None:
+                headers = self.headers("POST", path, data, receiver)
+            else:
+                headers = self._sign(
+                    keypair, method="POST", path=path, body=data, receiver_ss58=receiver
+                )
             headers["Content-Type"] = "application/json"
             started = time.perf_counter()
             try:
@@ -99,13 +104,3 @@ class MinerHttp:
             except aiohttp.ClientError as exc:
                 latency = (time.perf_counter() - started) * 1000.0
                 return Reply(0, {}, latency, f"{type(exc).__name__}: {str(exc)[:200]}")
-
-
-@dataclass(frozen=True)
-class _Signer:
-    keypair: Any
-
-    def headers(self, method: str, path: str, body: bytes, receiver: str | None) -> dict[str, str]:
-        from bittensor.http_auth import sign
-
-        return sign(self.keypair, method=method, path=path, body=body, receiver_ss58=receiver)

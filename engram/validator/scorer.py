@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from dataclasses import dataclass, field
 
 import structlog
@@ -42,11 +43,16 @@ class Pending:
     measured: MinerRound
 
 
+#: Verdicts kept per miner: more than any scorer version's rolling window needs.
+KEEP = 256
+
+
 @dataclass
 class ScoreBook:
     """Verdicts, EMAs and scored rounds per miner uid, folded in stream order."""
 
-    verdicts: dict[int, list[bool]] = field(default_factory=dict)
+    verdicts: dict[int, deque[bool]] = field(default_factory=dict)  # the newest KEEP
+    counts: dict[int, int] = field(default_factory=dict)  # every verdict
     ema: dict[int, float] = field(default_factory=dict)
     slashed: dict[int, bool] = field(default_factory=dict)
     hotkeys: dict[int, str] = field(default_factory=dict)
@@ -55,6 +61,7 @@ class ScoreBook:
     def _owner(self, uid: int, hotkey: str) -> None:
         if hotkey and self.hotkeys.get(uid, hotkey) != hotkey:
             self.verdicts.pop(uid, None)
+            self.counts.pop(uid, None)
             self.ema.pop(uid, None)
             self.slashed.pop(uid, None)
         if hotkey:
@@ -64,7 +71,11 @@ class ScoreBook:
         if e.void:  # not the miner's fault: not counted
             return
         self._owner(e.miner_uid, e.miner_hotkey)
-        self.verdicts.setdefault(e.miner_uid, []).append(e.passed)
+        window = self.verdicts.get(e.miner_uid)
+        if window is None:
+            window = self.verdicts[e.miner_uid] = deque(maxlen=KEEP)
+        window.append(e.passed)
+        self.counts[e.miner_uid] = self.counts.get(e.miner_uid, 0) + 1
 
     def measured(self, e: RecallSampled) -> MinerRound:
         self._owner(e.miner_uid, e.miner_hotkey)
@@ -74,16 +85,20 @@ class ScoreBook:
             recall_samples=recalls,
             latencies_ms=latencies,
             verdicts=tuple(self.verdicts.get(e.miner_uid, ())),
+            challenges=self.counts.get(e.miner_uid, 0),
         )
 
     def on_score(self, e: ScoreUpdated) -> bool:
         """Apply a score; a second one for the same (round, uid) is ignored (False)."""
-        if (e.round_id, e.miner_uid) in self.scored:
+        return self.record(e.round_id, e.miner_uid, e.miner_hotkey, e.ema, e.slashed)
+
+    def record(self, round_id: str, uid: int, hotkey: str, ema: float, slashed: bool) -> bool:
+        if (round_id, uid) in self.scored:
             return False
-        self._owner(e.miner_uid, e.miner_hotkey)
-        self.ema[e.miner_uid] = e.ema
-        self.slashed[e.miner_uid] = e.slashed
-        self.scored.add((e.round_id, e.miner_uid))
+        self._owner(uid, hotkey)
+        self.ema[uid] = ema
+        self.slashed[uid] = slashed
+        self.scored.add((round_id, uid))
         return True
 
     def score(self, p: Pending, version: int = SCORER_VERSION) -> RoundScore:

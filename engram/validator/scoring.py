@@ -105,20 +105,24 @@ def proof_rate(verdicts: Sequence[bool], p: ScoringParams = ScoringParams()) -> 
     window = verdicts[-p.proof_window :] if p.proof_window > 0 else verdicts
     if not window:
         return 0.0
-    return sum(1 for v in window if v) / len(window)
+    return sum(map(bool, window)) / len(window)
 
 
-def slash_reason(verdicts: Sequence[bool], p: ScoringParams = ScoringParams()) -> str:
-    """Why the miner is slashed, or ``""`` if it is not."""
+def slash_reason(
+    verdicts: Sequence[bool], p: ScoringParams = ScoringParams(), challenges: int | None = None
+) -> str:
+    """Why the miner is slashed, or ``""`` if it is not. ``challenges`` is the miner's total
+    count of verdicts when ``verdicts`` holds only the most recent ones."""
     window = verdicts[-p.proof_window :] if p.proof_window > 0 else verdicts
-    if len(verdicts) < p.slash_min_challenges:
+    total = len(verdicts) if challenges is None else challenges
+    if total < p.slash_min_challenges:
         return ""
     rate = proof_rate(verdicts, p)
     if rate < p.slash_below:
         passed = sum(1 for v in window if v)
         return (
             f"proof rate {rate:.2f} < {p.slash_below} "
-            f"({passed}/{len(window)} passed, {len(verdicts)} challenges)"
+            f"({passed}/{len(window)} passed, {total} challenges)"
         )
     return ""
 
@@ -146,7 +150,8 @@ class MinerRound:
 
     recall_samples: tuple[float, ...] = ()
     latencies_ms: tuple[float | None, ...] = ()
-    verdicts: tuple[bool, ...] = ()  # every proof verdict so far, oldest first
+    verdicts: tuple[bool, ...] = ()  # the most recent proof verdicts, oldest first
+    challenges: int | None = None  # every verdict so far (default: len(verdicts))
 
 
 @dataclass(frozen=True)
@@ -175,7 +180,8 @@ class Scorer:
         lat = mean_latency_score(measured.latencies_ms, p)
         rate = proof_rate(measured.verdicts, p)
         comp = composite(recall, lat, rate, p)
-        reason = slash_reason(measured.verdicts, p)
+        total = len(measured.verdicts) if measured.challenges is None else measured.challenges
+        reason = slash_reason(measured.verdicts, p, total)
         smoothed = 0.0 if reason else ema(previous_ema, comp, p.ema_alpha)
         return RoundScore(
             recall=recall,
@@ -185,7 +191,7 @@ class Scorer:
             ema=smoothed,
             slashed=bool(reason),
             reason=reason,
-            challenges=len(measured.verdicts),
+            challenges=total,
             scorer_version=self.version,
         )
 

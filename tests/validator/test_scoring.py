@@ -150,3 +150,14 @@ def test_fold_weights(
     assert got_uids == want_uids
     assert got == pytest.approx(want)
     assert not got or sum(got) == pytest.approx(1.0) or sum(got) == 0.0
+
+
+def test_slash_counts_every_challenge_when_only_a_window_is_kept() -> None:
+    from engram.validator.scorer import KEEP
+
+    assert scorer_for(SCORER_VERSION).params.proof_window <= KEEP
+    s = scorer_for(SCORER_VERSION)
+    window_only = MinerRound(verdicts=(False,) * 3, challenges=40)
+    got = s.score(window_only, None)
+    assert got.slashed and got.challenges == 40 and "40 challenges" in got.reason
+    assert not s.score(MinerRound(verdicts=(False,) * 3), None).slashed  # only 3 known

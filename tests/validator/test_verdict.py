@@ -115,4 +115,4 @@ async def test_a_challenge_expired_before_dispatch_is_not_sent_and_voids() -> No
     book = ScoreBook()
     book.on_verdict(ProofVerified(challenge_id="x", miner_uid=3, passed=False, void=True))
     book.on_verdict(ProofVerified(challenge_id="y", miner_uid=3, passed=True))
-    assert book.verdicts[3] == [True]
+    assert list(book.verdicts[3]) == [True] and book.counts[3] == 1
