@@ -51,5 +51,5 @@ def test_every_adversary_ends_below_every_honest_miner() -> None:
         assert w[kind] < honest, (kind, w)
     assert w["hash-only"] == 0.0 and book.slashed[uids["hash-only"]]
     assert w["wrong"] == 0.0 and w["copycat"] == 0.0
-    # slow and lossy keep what the rules give them (0.7 and 0.65 composite vs ~1.0)
-    assert w["slow"] < 0.75 * honest and w["lossy"] < 0.75 * honest
+    # slow and lossy keep what the rules give them (composite 0.7 and 0.65 against ~1.0)
+    assert w["slow"] < 0.8 * w["honest-a"] and w["lossy"] < 0.8 * w["honest-a"]
