@@ -64,29 +64,39 @@ class MinerHttp:
         return self._session
 
     def headers(self, method: str, path: str, body: bytes, receiver: str | None) -> dict[str, str]:
-        if self.keypair is None:
+        """btauth/1 headers; none without a keypair or a receiver (btauth/1 verifiers
+        refuse a signature addressed to nobody)."""
+        if self.keypair is None or receiver is None:
             return {}
         return self._sign(self.keypair, method=method, path=path, body=body, receiver_ss58=receiver)
+
+    async def get(self, axon: str, path: str, *, receiver: str | None) -> Reply:
+        """GET ``http://<axon><path>`` (path with its query), signed for ``receiver``."""
+        return await self._send("GET", axon, path, b"", receiver, None)
 
     async def post(
         self, axon: str, path: str, payload: Any, *, receiver: str | None, keypair: Any = None
     ) -> Reply:
         """POST JSON to ``http://<axon><path>``, signed by ``keypair`` (default: the
         validator's) for ``receiver``."""
-        data = json.dumps(payload).encode()
+        return await self._send("POST", axon, path, json.dumps(payload).encode(), receiver, keypair)
+
+    async def _send(
+        self, method: str, axon: str, path: str, data: bytes, receiver: str | None, keypair: Any
+    ) -> Reply:
         async with self._slots:
-            if keypair is None:
-                headers = self.headers("POST", path, data, receiver)
+            if keypair is None or receiver is None:
+                headers = self.headers(method, path, data, receiver)
             else:
                 headers = self._sign(
-                    keypair, method="POST", path=path, body=data, receiver_ss58=receiver
+                    keypair, method=method, path=path, body=data, receiver_ss58=receiver
                 )
-            headers["Content-Type"] = "application/json"
+            if data:
+                headers["Content-Type"] = "application/json"
             started = time.perf_counter()
+            url = f"http://{axon}{path}"
             try:
-                async with self._http().post(
-                    f"http://{axon}{path}", data=data, headers=headers
-                ) as r:
+                async with self._http().request(method, url, data=data, headers=headers) as r:
                     raw = await r.read()
                     latency = (time.perf_counter() - started) * 1000.0
                     try:
