@@ -56,10 +56,21 @@ __all__ = [
     "Dispatcher",
     "SeenNonces",
     "Verifier",
+    "stale",
     "verdict",
 ]
 
 log = structlog.get_logger("engram.validator.challenges")
+
+
+#: A tick older than this is not acted on (the validator was down; later ticks follow).
+#: Below JetStream's 120 s de-duplication window, so whatever a redelivered tick publishes
+#: again carries the same message ids and is dropped by the server.
+STALE_TICK_S = 90.0
+
+
+def stale(tick: CadenceTicked, now: float | None = None) -> bool:
+    return (time.time() if now is None else now) - tick.time > STALE_TICK_S
 
 
 @dataclass
@@ -73,6 +84,9 @@ class Challenger:
     async def handle(self, deliveries: list[Delivery]) -> None:
         for d in deliveries:
             if isinstance(d.event, CadenceTicked) and d.event.cadence == "challenge":
+                if stale(d.event):
+                    log.info("stale challenge tick skipped", seq=d.event.seq)
+                    continue
                 await self.issue(d.event)
 
     async def issue(self, tick: CadenceTicked) -> list[ChallengeIssued]:

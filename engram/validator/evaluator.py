@@ -36,6 +36,7 @@ from streams.events import CadenceTicked, RecallSampled
 from streams.publisher import Publisher
 from streams.worker import Delivery
 
+from .challenges import stale
 from .http import MinerHttp
 from .ledger import ProbeLedger
 from .probes import make_probes
@@ -85,6 +86,9 @@ class Evaluator:
     async def handle(self, deliveries: list[Delivery]) -> None:
         for d in deliveries:
             if isinstance(d.event, CadenceTicked) and d.event.cadence == "evaluation":
+                if stale(d.event):
+                    log.info("stale evaluation tick skipped", seq=d.event.seq)
+                    continue
                 await self.evaluate(d.event)
 
     async def evaluate(self, tick: CadenceTicked) -> list[RecallSampled]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import structlog
@@ -45,6 +45,8 @@ class Pending:
 
 #: Verdicts kept per miner: more than any scorer version's rolling window needs.
 KEEP = 256
+#: Challenge ids remembered to drop a verdict counted before.
+SEEN_IDS = 200_000
 
 
 @dataclass
@@ -57,6 +59,9 @@ class ScoreBook:
     slashed: dict[int, bool] = field(default_factory=dict)
     hotkeys: dict[int, str] = field(default_factory=dict)
     scored: set[tuple[str, int]] = field(default_factory=set)
+    # challenge ids already counted (the newest SEEN_IDS): a verdict re-published beyond
+    # JetStream's de-duplication window is not counted twice
+    seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     def _owner(self, uid: int, hotkey: str) -> None:
         if hotkey and self.hotkeys.get(uid, hotkey) != hotkey:
@@ -70,6 +75,11 @@ class ScoreBook:
     def on_verdict(self, e: ProofVerified) -> None:
         if e.void:  # not the miner's fault: not counted
             return
+        if e.challenge_id in self.seen:
+            return
+        self.seen[e.challenge_id] = None
+        if len(self.seen) > SEEN_IDS:
+            self.seen.popitem(last=False)
         self._owner(e.miner_uid, e.miner_hotkey)
         window = self.verdicts.get(e.miner_uid)
         if window is None:

@@ -116,3 +116,19 @@ async def test_a_challenge_expired_before_dispatch_is_not_sent_and_voids() -> No
     book.on_verdict(ProofVerified(challenge_id="x", miner_uid=3, passed=False, void=True))
     book.on_verdict(ProofVerified(challenge_id="y", miner_uid=3, passed=True))
     assert list(book.verdicts[3]) == [True] and book.counts[3] == 1
+
+
+def test_a_verdict_counted_once_even_if_published_twice_and_stale_ticks() -> None:
+    from engram.validator.challenges import STALE_TICK_S, stale
+    from engram.validator.scorer import ScoreBook
+    from streams.events import CadenceTicked, ProofVerified
+
+    book = ScoreBook()
+    v = ProofVerified(challenge_id="c1", miner_uid=1, passed=False)
+    book.on_verdict(v)
+    book.on_verdict(ProofVerified(challenge_id="c1", miner_uid=1, passed=False))  # re-published
+    assert list(book.verdicts[1]) == [False] and book.counts[1] == 1
+
+    tick = CadenceTicked(cadence="challenge", seq=1, period_s=300, time=1000.0)
+    assert not stale(tick, now=1000.0 + STALE_TICK_S)
+    assert stale(tick, now=1000.0 + STALE_TICK_S + 1)
