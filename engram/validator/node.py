@@ -22,6 +22,7 @@ from engram.bus import Bus, open_bus
 from engram.chain.base import Chain
 from engram.chain.local import LocalChain
 from engram.config import Settings
+from streams.projection import ProjectionRunner
 from streams.topology import consumer
 from streams.worker import BatchHandler, Worker
 
@@ -30,6 +31,7 @@ from .config import ValidatorConfig
 from .evaluator import Embed, Evaluator
 from .http import MinerHttp
 from .ledger import ProbeLedger
+from .repair import ReplicationProjection, peers_of
 from .scheduler import Scheduler
 from .scorer import ScorerService
 from .weights import ChainSetter, WeightFolder
@@ -76,6 +78,7 @@ class ValidatorNode:
     scorer: ScorerService | None = None
     folder: WeightFolder | None = None
     scheduler: Scheduler | None = None
+    replication: ReplicationProjection = field(default_factory=ReplicationProjection)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stop(self) -> None:
@@ -90,6 +93,51 @@ class ValidatorNode:
 
         e = await asyncio.to_thread(load_embedder, self.settings, "embed")
         return e.embed, e.model_version
+
+    async def _follow(self, runner: ProjectionRunner) -> None:
+        task = asyncio.create_task(runner.run())
+        try:
+            await self._stop.wait()
+        finally:
+            runner.stop()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def report(self) -> dict[str, Any]:
+        """What the validator knows now, for dashboards and the devnet's table: per miner
+        its last score, its last proposed weight, and replica counts per status."""
+        if self.chain is None or self.scorer is None or self.folder is None:
+            return {}
+        graph = await self.chain.metagraph()
+        last_weights: dict[int, float] = {}
+        epoch = None
+        if self.folder.published:
+            p = self.folder.published[-1]
+            epoch = p.epoch
+            last_weights = dict(zip(p.uids, p.weights, strict=True))
+        miners = {}
+        for n in graph.neurons:
+            if n.hotkey == self.chain.hotkey:
+                continue
+            s = self.scorer.projection.last.get(n.uid)
+            miners[n.uid] = {
+                "hotkey": n.hotkey,
+                "axon": n.axon,
+                "recall": s.recall if s else None,
+                "latency_score": s.latency_score if s else None,
+                "proof_success_rate": s.proof_success_rate if s else None,
+                "challenges": s.challenges if s else 0,
+                "ema": s.ema if s else None,
+                "slashed": s.slashed if s else False,
+                "reason": s.reason if s else "",
+                "weight": last_weights.get(n.uid),
+            }
+        return {
+            "block": graph.block,
+            "epoch": epoch,
+            "miners": miners,
+            "replication": self.replication.counts(peers_of(graph, exclude={self.chain.hotkey})),
+        }
 
     async def run(self) -> None:
         """Start every step and run until :meth:`stop` (or SIGTERM/SIGINT)."""
@@ -135,6 +183,7 @@ class ValidatorNode:
                 bus.js, pub, chain, validator=me, scorer_version=cfg.scorer_version
             )
             self.scheduler = Scheduler(bus.js, pub, cfg.cadences(), me)
+            replication = ProjectionRunner(bus.js, self.replication, snapshot_every_events=10**9)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -145,6 +194,7 @@ class ValidatorNode:
                 self.scorer.run(self._stop),
                 self.folder.run(self._stop),
                 self.scheduler.run(self._stop),
+                self._follow(replication),
                 self._stop.wait(),
             )
         finally:

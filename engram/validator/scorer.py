@@ -141,6 +141,7 @@ class ScorerProjection(Projection):
         super().__init__()
         self.book = ScoreBook()
         self.pending: dict[tuple[str, int], Pending] = {}
+        self.last: dict[int, ScoreUpdated] = {}  # the newest score per miner uid
 
     def apply(self, seq: int, event: Event) -> None:
         if isinstance(event, ProofVerified):
@@ -150,13 +151,15 @@ class ScorerProjection(Projection):
             if key not in self.book.scored and key not in self.pending:
                 self.pending[key] = Pending(seq, event, self.book.measured(event))
         elif isinstance(event, ScoreUpdated):
-            self.book.on_score(event)
+            if self.book.on_score(event):
+                self.last[event.miner_uid] = event
             self.pending.pop((event.round_id, event.miner_uid), None)
 
     def reset(self) -> None:
         super().reset()
         self.book = ScoreBook()
         self.pending = {}
+        self.last = {}
 
 
 class ScorerService:

@@ -56,9 +56,18 @@ async def test_validator_node_sets_weights_and_resumes_without_double_counting(
     try:
         await until(lambda: _weights_set(bus, 1), timeout=90)
         await until(lambda: events_of(bus.js, "VALIDATION", ProofVerified), timeout=60)
+        report = await v.report()
     finally:
         v.stop()
         await asyncio.wait_for(task, 60)
+
+    assert set(report["miners"]) == {miner_uid}
+    row = report["miners"][miner_uid]
+    assert row["hotkey"] == r and row["recall"] is not None and row["recall"] > 0.5
+    assert row["weight"] == 1.0 and not row["slashed"]
+    assert set(report["replication"]) == {"HEALTHY", "DEGRADED", "CRITICAL", "LOST"}
+    # probes live on one miner each: with one miner every challenged CID is CRITICAL
+    assert report["replication"]["CRITICAL"] >= 1
 
     graph = await chain.metagraph()
     me = graph.by_hotkey(vali.ss58_address)
