@@ -169,7 +169,9 @@ class ValidatorNode:
 
             challenger = Challenger(chain, ledger, pub, cfg, keypair.public_key.hex())
             evaluator = Evaluator(chain, ledger, pub, http, embed, model_version)
-            setter = ChainSetter(chain, pub, attempts=cfg.set_weights_attempts)
+            setter = ChainSetter(
+                chain, pub, attempts=cfg.set_weights_attempts, version_key=cfg.version_key
+            )
             await setter.load_done(bus.js)
             self.workers = [
                 worker("validator-challenger", challenger.handle, batch=1),

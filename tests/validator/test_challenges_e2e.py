@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 from bittensor_core import Keypair
 
 from engram.bus import Bus
@@ -29,7 +30,10 @@ def _unit(seed: int, dim: int = 384) -> np.ndarray:
     return (v / np.linalg.norm(v)).astype(np.float32)
 
 
-async def test_challenge_round_against_a_real_miner(bus: Bus, node: MinerNode) -> None:
+@pytest.mark.parametrize("version", [2, 1])
+async def test_challenge_round_against_a_real_miner(
+    bus: Bus, node: MinerNode, version: int
+) -> None:
     vali = Keypair.create_from_uri("//Alice")
     async with MinerHttp(vali, timeout_s=10.0, max_inflight=8) as http:
         health = await http._http().get(f"{node.url}/health")
@@ -61,7 +65,7 @@ async def test_challenge_round_against_a_real_miner(bus: Bus, node: MinerNode) -
         missing = "v1::" + "00" * 32
         await ledger.record(miner_hotkey, missing, _unit(99))
 
-        cfg = ValidatorConfig(challenges_per_miner=4)
+        cfg = ValidatorConfig(challenges_per_miner=4, proof_version=version)
         pub = bus.publisher
         challenger = Challenger(chain, ledger, pub, cfg, vali.public_key.hex())
         workers = [
@@ -98,7 +102,7 @@ async def test_challenge_round_against_a_real_miner(bus: Bus, node: MinerNode) -
     answered = await events_of(bus.js, "VALIDATION", ChallengeAnswered)
     verified = await events_of(bus.js, "VALIDATION", ProofVerified)
     assert len(issued) == len(answered) == len(verified) == 4
-    assert all(c.miner_uid == uid and c.proof_version == 2 for c in issued)  # type: ignore[attr-defined]
+    assert all(c.miner_uid == uid and c.proof_version == version for c in issued)  # type: ignore[attr-defined]
     assert all(a.latency_ms > 0 for a in answered)  # type: ignore[attr-defined]
     by_cid = {v.cid: v for v in verified}  # type: ignore[attr-defined]
     assert not by_cid[missing].passed and "404" in by_cid[missing].reason
