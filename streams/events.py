@@ -28,6 +28,7 @@ __all__ = [
     "BlobArchived",
     "BlobDescribed",
     "BlobReceived",
+    "CadenceTicked",
     "ChallengeAnswered",
     "ChallengeIssued",
     "DeadLettered",
@@ -223,6 +224,25 @@ class BlobDescribed(Event, frozen=True, kw_only=True, tag="BlobDescribed"):
 # --- validation -------------------------------------------------------------------------
 
 
+class CadenceTicked(Event, frozen=True, kw_only=True, tag="CadenceTicked"):
+    """The validator's scheduler: one ``cadence`` period (``evaluation``, ``challenge``,
+    ``weights``) began. ``seq`` is ``floor(time / period_s)``, so a restarted scheduler
+    re-publishes the same tick under the same message id and JetStream drops it."""
+
+    SUBJECT: ClassVar[str] = "engram.validation.tick"
+
+    cadence: str
+    seq: int
+    period_s: float
+    validator: str = ""  # the validator's hotkey (ss58)
+
+    def subject(self) -> str:
+        return f"{self.SUBJECT}.{self.cadence}"
+
+    def msg_id(self) -> str:
+        return f"tick:{self.validator}:{self.cadence}:{self.seq}"
+
+
 class ChallengeIssued(Event, frozen=True, kw_only=True, tag="ChallengeIssued"):
     SUBJECT: ClassVar[str] = "engram.validation.challenge.issued"
 
@@ -234,6 +254,11 @@ class ChallengeIssued(Event, frozen=True, kw_only=True, tag="ChallengeIssued"):
     expires_at: float
     validator_hotkey_hex: str
     proof_version: int = 2
+    round_id: str = ""
+    miner_axon: str = ""  # host:port the dispatcher calls
+
+    def msg_id(self) -> str:
+        return f"issued:{self.challenge_id}"
 
 
 class ChallengeAnswered(Event, frozen=True, kw_only=True, tag="ChallengeAnswered"):
@@ -245,6 +270,18 @@ class ChallengeAnswered(Event, frozen=True, kw_only=True, tag="ChallengeAnswered
     proof: str | None = None
     latency_ms: float = 0.0
     error: str | None = None
+    status: int = 0  # the HTTP status (0: no answer: timeout or connection error)
+    miner_hotkey: str = ""
+    # the challenge as issued (copied by the dispatcher, so the verifier needs no lookup)
+    cid: str = ""
+    nonce_hex: str = ""
+    expires_at: float = 0.0
+    validator_hotkey_hex: str = ""
+    proof_version: int = 2
+    round_id: str = ""
+
+    def msg_id(self) -> str:
+        return f"answered:{self.challenge_id}"
 
 
 class ProofVerified(Event, frozen=True, kw_only=True, tag="ProofVerified"):
@@ -254,6 +291,15 @@ class ProofVerified(Event, frozen=True, kw_only=True, tag="ProofVerified"):
     miner_uid: int
     passed: bool
     reason: str = ""
+    cid: str = ""
+    miner_hotkey: str = ""
+    round_id: str = ""
+    # the miner is not to blame (the challenge expired before it was sent, the validator
+    # lost its ground truth): recorded, but not counted in the proof rate
+    void: bool = False
+
+    def msg_id(self) -> str:
+        return f"verified:{self.challenge_id}"
 
 
 class RecallSampled(Event, frozen=True, kw_only=True, tag="RecallSampled"):
@@ -264,6 +310,13 @@ class RecallSampled(Event, frozen=True, kw_only=True, tag="RecallSampled"):
     recall_at_10: float
     latency_ms: float
     queries: int = 1
+    miner_hotkey: str = ""
+    # per-query measurements of the round (recall averaged over every one of them)
+    recalls: list[float] = msgspec.field(default_factory=list)
+    latencies_ms: list[float | None] = msgspec.field(default_factory=list)
+
+    def msg_id(self) -> str:
+        return f"recall:{self.round_id}:{self.miner_uid}"
 
 
 class ScoreUpdated(Event, frozen=True, kw_only=True, tag="ScoreUpdated"):
@@ -275,6 +328,15 @@ class ScoreUpdated(Event, frozen=True, kw_only=True, tag="ScoreUpdated"):
     proof_success_rate: float
     composite: float
     ema: float
+    scorer_version: int = 1
+    round_id: str = ""
+    miner_hotkey: str = ""
+    slashed: bool = False
+    reason: str = ""
+    challenges: int = 0
+
+    def msg_id(self) -> str:
+        return f"score:{self.round_id}:{self.miner_uid}" if self.round_id else self.event_id
 
 
 # --- weights ----------------------------------------------------------------------------
@@ -286,6 +348,12 @@ class WeightsProposed(Event, frozen=True, kw_only=True, tag="WeightsProposed"):
     epoch: int
     uids: list[int]
     weights: list[float]
+    scorer_version: int = 1
+    block: int = 0
+    netuid: int = 0
+
+    def msg_id(self) -> str:
+        return f"weights-proposed:{self.netuid}:{self.epoch}"
 
 
 class WeightsSet(Event, frozen=True, kw_only=True, tag="WeightsSet"):
@@ -295,6 +363,15 @@ class WeightsSet(Event, frozen=True, kw_only=True, tag="WeightsSet"):
     success: bool
     chain: str = "local"
     message: str = ""
+    block: int = 0
+    extrinsic: str = ""  # the extrinsic hash on a real chain, the local id on LocalChain
+    attempts: int = 1
+    netuid: int = 0
+
+    def msg_id(self) -> str:
+        # one outcome per epoch and attempt; a successful set is unique per epoch
+        suffix = "ok" if self.success else f"fail:{self.attempts}"
+        return f"weights-set:{self.netuid}:{self.epoch}:{suffix}"
 
 
 # --- dead letters and demo --------------------------------------------------------------
@@ -346,6 +423,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     BlobReceived,
     BlobArchived,
     BlobDescribed,
+    CadenceTicked,
     ChallengeIssued,
     ChallengeAnswered,
     ProofVerified,
@@ -366,6 +444,7 @@ AnyEvent: TypeAlias = (
     | BlobReceived
     | BlobArchived
     | BlobDescribed
+    | CadenceTicked
     | ChallengeIssued
     | ChallengeAnswered
     | ProofVerified

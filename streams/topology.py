@@ -15,6 +15,7 @@ __all__ = [
     "ConsumerSpec",
     "StreamSpec",
     "TopologyError",
+    "consumer",
     "ensure",
     "ensure_consumer",
     "stream_for",
@@ -106,7 +107,49 @@ STREAMS: tuple[StreamSpec, ...] = (
 
 CONSUMERS: tuple[ConsumerSpec, ...] = (
     ConsumerSpec("embedder", "INGEST", ("engram.ingest.requested",), description="embed worker"),
+    # the validator (engram/validator/): one durable consumer per step
+    ConsumerSpec(
+        "validator-challenger",
+        "VALIDATION",
+        ("engram.validation.tick.challenge",),
+        description="challenge tick -> ChallengeIssued per miner",
+    ),
+    ConsumerSpec(
+        "validator-evaluator",
+        "VALIDATION",
+        ("engram.validation.tick.evaluation",),
+        ack_wait_s=120.0,
+        description="evaluation tick -> probes ingested and queried -> RecallSampled",
+    ),
+    ConsumerSpec(
+        "validator-dispatcher",
+        "VALIDATION",
+        ("engram.validation.challenge.issued",),
+        ack_wait_s=60.0,
+        description="ChallengeIssued -> signed HTTP to the miner -> ChallengeAnswered",
+    ),
+    ConsumerSpec(
+        "validator-verifier",
+        "VALIDATION",
+        ("engram.validation.challenge.answered",),
+        description="ChallengeAnswered -> ProofVerified",
+    ),
+    ConsumerSpec(
+        "validator-weights-setter",
+        "WEIGHTS",
+        ("engram.weights.proposed",),
+        ack_wait_s=120.0,
+        description="WeightsProposed -> the chain -> WeightsSet",
+    ),
 )
+
+
+def consumer(durable: str) -> ConsumerSpec:
+    """The consumer spec named ``durable``."""
+    for spec in CONSUMERS:
+        if spec.durable == durable:
+            return spec
+    raise KeyError(f"no consumer {durable!r}")
 
 
 def stream_for(subject: str) -> StreamSpec:

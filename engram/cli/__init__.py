@@ -93,6 +93,11 @@ if importlib.util.find_spec("engram.cli.miner") is not None:  # the miner's comm
 
     _miner.register(main)
 
+if importlib.util.find_spec("engram.cli.validator") is not None:  # the validator's commands
+    from . import validator as _validator
+
+    _validator.register(main)
+
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -61,5 +61,33 @@ if importlib.util.find_spec("engram.bench.ingest") is not None:
         print_json(run_index_scale(index_scale) if index_scale else run(docs=docs))
 
 
+if importlib.util.find_spec("engram.validator.bench") is not None:
+
+    @bench_group.command("validator")
+    @click.option("--miners", default=64, show_default=True)
+    @click.option("--challenges", default=1, show_default=True, help="Per miner and round.")
+    @click.option("--slowest-ms", default=200.0, show_default=True, help="Slowest stub axon.")
+    @click.option("--rounds", default=50, show_default=True, help="Rounds in the audited log.")
+    @click.option("--json", "as_json", is_flag=True, help="Print only the JSON line on stdout.")
+    @click.pass_context
+    def bench_validator(
+        ctx: click.Context,
+        miners: int,
+        challenges: int,
+        slowest_ms: float,
+        rounds: int,
+        as_json: bool,
+    ) -> None:
+        """A challenge round across stub axons with set latencies, and audit replay speed."""
+        from engram.validator.bench import run
+
+        get_settings(ctx)
+        print_json(
+            run_async(
+                run(miners=miners, challenges=challenges, slowest_ms=slowest_ms, rounds=rounds)
+            )
+        )
+
+
 def register(main: click.Group) -> None:
     main.add_command(bench_group)

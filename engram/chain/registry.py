@@ -1,0 +1,78 @@
+"""The chain-backed validator registry for the miner's axon (issue 8, "the miner trusts
+the chain, not a list").
+
+:class:`ChainRegistry` answers the miner's ``ValidatorRegistry`` questions
+(``is_validator``, ``stake``, ``knows_stake``; see ``engram.miner.auth``) from a
+:class:`~engram.chain.base.Chain`'s metagraph: a validator is a hotkey holding a validator
+permit with at least ``min_validator_stake``. The answers are synchronous (the auth
+middleware asks per request), so the metagraph is cached and refreshed in the background
+every ``refresh_s``; a failed refresh keeps the last good view (logged) and retries with
+:class:`streams.retry.Backoff`. Until the first sync, nobody is a validator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import structlog
+
+from streams.retry import Backoff, sleep_or_stop
+
+from .base import Chain, ChainError, Metagraph
+
+__all__ = ["ChainRegistry"]
+
+log = structlog.get_logger("engram.chain.registry")
+
+
+@dataclass
+class ChainRegistry:
+    chain: Chain
+    min_validator_stake: float = 0.0
+    refresh_s: float = 60.0
+    backoff: Backoff = field(default_factory=lambda: Backoff(initial=1.0, maximum=60.0))
+    graph: Metagraph | None = None
+    _stakes: dict[str, float] = field(default_factory=dict)
+    _validators: frozenset[str] = frozenset()
+
+    def is_validator(self, hotkey_ss58: str) -> bool:
+        return hotkey_ss58 in self._validators
+
+    def stake(self, hotkey_ss58: str) -> float:
+        return self._stakes.get(hotkey_ss58, 0.0)
+
+    @property
+    def knows_stake(self) -> bool:
+        return True
+
+    def apply(self, graph: Metagraph) -> None:
+        """Adopt a metagraph (pure; used by :meth:`sync`)."""
+        self.graph = graph
+        self._stakes = {n.hotkey: n.stake for n in graph.neurons}
+        self._validators = frozenset(
+            n.hotkey
+            for n in graph.neurons
+            if n.validator_permit and n.stake >= self.min_validator_stake
+        )
+
+    async def sync(self) -> Metagraph:
+        graph = await self.chain.metagraph()
+        self.apply(graph)
+        return graph
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Refresh every ``refresh_s`` until ``stop``; failures back off and keep the old view."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                graph = await self.sync()
+                failures = 0
+                delay = self.refresh_s
+                log.debug("metagraph synced", block=graph.block, validators=len(self._validators))
+            except (ChainError, OSError, TimeoutError) as exc:
+                delay = self.backoff.delay(failures)
+                failures += 1
+                log.warning("metagraph sync failed; keeping the last view", error=repr(exc))
+            if await sleep_or_stop(delay, stop):
+                return

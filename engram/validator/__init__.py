@@ -1,0 +1,1 @@
+"""Engram validator: scoring, routing, replication, and the validator pipeline."""
