@@ -336,6 +336,41 @@ fn float_repr(py: Python<'_>, value: f64) -> PyResult<String> {
     canon::float_repr(value).py_err(py)
 }
 
+/// `float_repr` of every value of a 1-D float64 array (native byte order), in order.
+#[pyfunction]
+fn float_reprs(py: Python<'_>, values: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    let bad = || {
+        CoreError::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "values must be a 1-D C-contiguous float64 array (native byte order), got {}",
+                type_name(values)
+            ),
+        )
+    };
+    let buf = RawBuffer::get(values).ok_or_else(bad).py_err(py)?;
+    if !matches!(buf.format(), b"d" | b"@d" | b"=d" | b"<d")
+        || buf.itemsize() != 8
+        || buf.ndim() != 1
+        || !buf.is_c_contiguous()
+    {
+        return Err(to_pyerr(py, bad()));
+    }
+    let bytes = buf.bytes();
+    py.allow_threads(|| {
+        let n = bytes.len() / 8;
+        crate::par::par_map(n, |i| {
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+            canon::float_repr(f64::from_le_bytes(raw))
+                .map_err(|e| CoreError::new(e.kind, format!("value {i}: {}", e.message)))
+        })
+        .into_iter()
+        .collect::<CoreResult<Vec<String>>>()
+    })
+    .py_err(py)
+}
+
 #[pyfunction]
 fn embedding_hash(py: Python<'_>, vec: &Bound<'_, PyAny>) -> PyResult<String> {
     let v = vector(vec).py_err(py)?;
@@ -804,6 +839,7 @@ fn engram_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("THREADS", crate::par::threads())?;
     m.add_function(wrap_pyfunction!(canonical_json, m)?)?;
     m.add_function(wrap_pyfunction!(float_repr, m)?)?;
+    m.add_function(wrap_pyfunction!(float_reprs, m)?)?;
     m.add_function(wrap_pyfunction!(embedding_hash, m)?)?;
     m.add_function(wrap_pyfunction!(embedding_hashes, m)?)?;
     m.add_function(wrap_pyfunction!(compute_cid, m)?)?;

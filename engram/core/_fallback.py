@@ -37,6 +37,7 @@ CID_PREFIX = "v1::"
 CONTENT_CID_PREFIX = "sha256:"
 _HEXCHARS = frozenset("0123456789abcdefABCDEF")
 _NATIVE_F32 = ("f", "@f", "=f", "<f") if sys.byteorder == "little" else ()
+_NATIVE_F64 = ("d", "@d", "=d", "<d") if sys.byteorder == "little" else ()
 _I64_MIN = -(2**63)
 _U64_MAX = 2**64 - 1
 _sha256 = hashlib.sha256
@@ -72,6 +73,33 @@ def float_repr(value: float) -> str:
     if not math.isfinite(v):
         raise InvalidMetadata(f"metadata float {v} is not finite (NaN and infinity are not JSON)")
     return float.__repr__(v)
+
+
+def float_reprs(values: Any) -> list[str]:
+    """:func:`float_repr` of every value of a 1-D float64 array (native byte order)."""
+    try:
+        mv = memoryview(values)
+    except TypeError:
+        mv = None
+    if (
+        mv is None
+        or mv.format not in _NATIVE_F64
+        or mv.itemsize != 8
+        or mv.ndim != 1
+        or not mv.c_contiguous
+    ):
+        raise InvalidArgument(
+            "values must be a 1-D C-contiguous float64 array (native byte order), "
+            f"got {_tname(values)}"
+        )
+    floats: list[float] = mv.tolist()
+    if not all(map(math.isfinite, floats)):
+        i = next(i for i, v in enumerate(floats) if not math.isfinite(v))
+        raise InvalidMetadata(
+            f"value {i}: metadata float {floats[i]} is not finite "
+            "(NaN and infinity are not JSON)"
+        )
+    return list(map(float.__repr__, floats))
 
 
 def _plain(obj: Any, depth: int) -> Any:
