@@ -1,5 +1,9 @@
 """Hypothesis: random embeddings and metadata give identical outputs from Rust and the
-fallback (and the fallback's canonical JSON equals json.dumps)."""
+fallback (and the fallback's canonical JSON equals json.dumps).
+
+Runs under the deterministic Hypothesis profile (tests/conftest.py): the same examples every
+run. A failure found here (or with ENGRAM_HYPOTHESIS=explore) becomes a fixed vector in
+tests/vectors/generate.py, as the float tie 562949953421312.25 did."""
 
 from __future__ import annotations
 
