@@ -116,7 +116,7 @@ pub fn write_f64(out: &mut Vec<u8>, v: f64) -> Result<()> {
     if !v.is_finite() {
         return err(
             ErrorKind::InvalidMetadata,
-            format!("metadata float {v} is not finite (NaN and infinity are not JSON)"),
+            "metadata floats must be finite (NaN and infinity are not JSON)",
         );
     }
     if v.is_sign_negative() {
