@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -89,7 +89,7 @@ def tie_cases(per_family: int = TIES_PER_FAMILY, seed: int = 0) -> list[float]:
         lo, hi = 2 ** (big_e + j + 1), 2 ** (big_e + j + 2)  # m in [lo, hi), m odd
         odd_count = (hi - lo) // 2 if lo > 1 else 1
         if odd_count <= per_family:
-            ms: Iterator[int] | list[int] = range(lo + 1 if lo > 1 else 1, hi, 2)
+            ms: Iterable[int] = range(lo + 1 if lo > 1 else 1, hi, 2)
         else:
             ms = [lo + 1 + 2 * rng.randrange(odd_count) for _ in range(per_family)]
         five_j = 5**j

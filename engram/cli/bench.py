@@ -1,4 +1,4 @@
-"""``engram bench bus|core|floats|ingest``: benchmarks that print one JSON object on the last line."""
+"""``engram bench bus|core|floats|ingest``: benchmarks printing one JSON object last."""
 
 from __future__ import annotations
 

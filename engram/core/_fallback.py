@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import math
 import operator
 import secrets
 import struct
 import sys
-from typing import Any
+from typing import Any, cast
 
 from engram.core.errors import (
     ChallengeExpired,
@@ -108,7 +109,7 @@ def float_reprs(values: Any) -> list[str]:
             "values must be a 1-D C-contiguous float64 array (native byte order), "
             f"got {_tname(values)}"
         )
-    floats: list[float] = mv.tolist()
+    floats = cast(list[float], mv.tolist())  # format "d": floats
     if not all(map(math.isfinite, floats)):
         i = next(i for i, v in enumerate(floats) if not math.isfinite(v))
         raise InvalidMetadata(f"value {i}: {MSG_FLOAT}")
@@ -180,7 +181,7 @@ def _plain_dict(d: dict[Any, Any], depth: int, model_version: str | None) -> dic
         pairs.append((MODEL_VERSION_KEY, model_version))
     pairs.sort(key=operator.itemgetter(0))
     # Only str subclasses that hash or compare unlike their text can do this.
-    if any(a[0] == b[0] for a, b in zip(pairs, pairs[1:], strict=False)):
+    if any(a[0] == b[0] for a, b in itertools.pairwise(pairs)):
         raise InvalidMetadata(MSG_DUPLICATE)
     out: dict[str, Any] = {}
     for key, v in pairs:

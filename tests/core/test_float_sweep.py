@@ -39,8 +39,10 @@ def test_sweep(both: tuple[Backend, Backend]) -> None:
         got = rust.float_reprs(values)
         if got != want:
             i = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
-            pytest.fail(f"{name}: {values[i]!r} (bits {values[i:i+1].view(np.uint64)[0]:#018x}) "
-                        f"-> rust {got[i]!r}, python {want[i]!r}")
+            pytest.fail(
+                f"{name}: {values[i]!r} (bits {values[i : i + 1].view(np.uint64)[0]:#018x}) "
+                f"-> rust {got[i]!r}, python {want[i]!r}"
+            )
         assert py.float_reprs(values) == want
 
 
