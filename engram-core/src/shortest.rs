@@ -106,8 +106,8 @@ impl Big {
         }
     }
 
-    /// Multiply by `10^n` (as `5^n`, then a shift by `n`).
-    fn mul_pow10(&mut self, n: u32) {
+    /// Multiply by `5^n`.
+    fn mul_pow5(&mut self, n: u32) {
         // 5^27 is the largest power of five below 2^64.
         const FIVE_27: u64 = 7_450_580_596_923_828_125;
         let mut left = n;
@@ -118,7 +118,6 @@ impl Big {
         if left > 0 {
             self.mul_small(5u64.pow(left));
         }
-        self.shl(n);
     }
 
     fn cmp(&self, other: &Big) -> Ordering {
@@ -222,7 +221,7 @@ trait Nat: Copy {
     fn from_u64(v: u64) -> Self;
     fn shl(&mut self, bits: u32);
     fn mul_small(&mut self, k: u64);
-    fn mul_pow10(&mut self, n: u32);
+    fn mul_pow5(&mut self, n: u32);
     fn cmp(&self, other: &Self) -> Ordering;
     /// `(self + other).cmp(target)`; `None` if the sum does not fit.
     fn sum_cmp(&self, other: &Self, target: &Self) -> Option<Ordering>;
@@ -242,8 +241,8 @@ impl Nat for Big {
     fn mul_small(&mut self, k: u64) {
         Big::mul_small(self, k)
     }
-    fn mul_pow10(&mut self, n: u32) {
-        Big::mul_pow10(self, n)
+    fn mul_pow5(&mut self, n: u32) {
+        Big::mul_pow5(self, n)
     }
     fn cmp(&self, other: &Self) -> Ordering {
         Big::cmp(self, other)
@@ -292,8 +291,8 @@ impl Nat for Wide {
     fn mul_small(&mut self, k: u64) {
         self.set(self.v.checked_mul(u128::from(k)));
     }
-    fn mul_pow10(&mut self, n: u32) {
-        self.set(10u128.checked_pow(n).and_then(|p| self.v.checked_mul(p)));
+    fn mul_pow5(&mut self, n: u32) {
+        self.set(5u128.checked_pow(n).and_then(|p| self.v.checked_mul(p)));
     }
     fn cmp(&self, other: &Self) -> Ordering {
         self.v.cmp(&other.v)
@@ -353,39 +352,50 @@ fn generate<N: Nat>(
 ) -> Option<(usize, i32)> {
     let inclusive = f.is_multiple_of(2);
 
-    // Everything times 4, so that v - m- (a quarter gap) is an integer multiple too:
-    // v = r / s, m+ = mp / s, m- = mm / s.
-    let (mut r, mut s, mut mp, mut mm);
-    if e >= 0 {
-        r = N::from_u64(f);
-        r.shl(e as u32 + 2);
-        s = N::from_u64(4);
-        mp = N::from_u64(1);
-        mp.shl(e as u32 + 1);
-        mm = N::from_u64(1);
-        mm.shl(if asymmetric { e as u32 } else { e as u32 + 1 });
-    } else {
-        r = N::from_u64(f);
-        r.shl(2);
-        s = N::from_u64(1);
-        s.shl((2 - e) as u32);
-        mp = N::from_u64(2);
-        mm = N::from_u64(if asymmetric { 1 } else { 2 });
-    }
-
     // decpt k with 10^(k-1) <= v < 10^k: estimate from the binary exponent (exact or one
     // too small; log10(2) * n is never within 1e-4 of an integer for 0 < |n| < 1100), then
-    // correct.
+    // correct below.
     let log2_v = e + (64 - f.leading_zeros() as i32) - 1;
     let mut k = (f64::from(log2_v) * std::f64::consts::LOG10_2).floor() as i32 + 1;
-    if k >= 0 {
-        s.mul_pow10(k as u32);
-    } else {
-        let n = (-k) as u32;
-        r.mul_pow10(n);
-        mp.mul_pow10(n);
+
+    // Integers r, s, mp, mm with v / 10^k = r / s, m+ / 10^k = mp / s, m- / 10^k = mm / s:
+    // everything times 4 (so that a quarter gap is whole), then the power of two common
+    // to all four divided out (it only makes the numbers longer). `mm` is kept only when
+    // the interval is asymmetric (otherwise m- = m+).
+    let (mut r, mut s, mut mp, mut mm) = (
+        N::from_u64(f),
+        N::from_u64(1),
+        N::from_u64(1),
+        N::from_u64(1),
+    );
+    if e >= 0 {
+        // 4v = f 2^(e+2), 4 10^k = 5^k 2^(k+2), 4m+ = 2^(e+1), 4m- = 2^e (asymmetric).
+        let (e, kk) = (e as u32, k.max(0) as u32);
+        let t = (kk + 2).min(e);
+        r.shl(e + 2 - t);
+        s.mul_pow5(kk);
+        s.shl(kk + 2 - t);
+        mp.shl(e + 1 - t);
         if asymmetric {
-            mm.mul_pow10(n);
+            mm.shl(e - t);
+        }
+    } else if k > 0 {
+        // 1 <= v < 2^53: 4v = 4f / 2^-e, scale 10^k on the other side.
+        let kk = k as u32;
+        r.shl(2);
+        s.mul_pow5(kk);
+        s.shl(kk + (2 - e) as u32);
+        mp.shl(1);
+    } else {
+        // v < 1: 4v 10^n = f 5^n 2^(n+2) over 2^(2-e), with n = -k < 2-e; 2^n divided out.
+        let n = (-k) as u32;
+        r.mul_pow5(n);
+        r.shl(2);
+        s.shl((2 - e) as u32 - n);
+        mp.mul_pow5(n);
+        mp.shl(1);
+        if asymmetric {
+            mm.mul_pow5(n);
         }
     }
     if r.cmp(&s) != Ordering::Less {
