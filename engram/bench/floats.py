@@ -14,8 +14,13 @@ must give the same memory the same CID. This sweep compares the Rust formatter
   and both neighbours of each, plus the notation boundaries (1e16, 1e-4) and their
   neighbours.
 
+- ``ordinary``: a million values of everyday magnitude (normal samples scaled by 10^-6 ..
+  10^9), the kind metadata holds; engram-core formats these with 128-bit integers, the
+  random patterns (mostly huge or tiny exponents) with a bignum.
+
 Figures: ``mismatches`` (must be 0), ``first_mismatch`` (the bits, as hex, or null),
-``rust_per_s`` and ``python_per_s`` (values formatted per second, over all of the above).
+``rust_per_s`` and ``python_per_s`` (values formatted per second, over the patterns, ties
+and edges), ``ordinary_rust_per_s`` and ``ordinary_python_per_s`` (the everyday values).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from typing import Any
 import numpy as np
 
 CHUNK = 250_000
+#: Everyday values timed on their own (see ``ordinary`` above).
+ORDINARY = 1_000_000
 #: Most members drawn from one family of ties (a family: one binade, one digit position).
 TIES_PER_FAMILY = 2048
 
@@ -101,6 +108,12 @@ def tie_cases(per_family: int = TIES_PER_FAMILY, seed: int = 0) -> list[float]:
     return out
 
 
+def ordinary_values(count: int, seed: int = 0) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """Everyday magnitudes: normal samples times 10^-6 .. 10^9 (seeded)."""
+    rng = np.random.default_rng(seed + 1)
+    return rng.standard_normal(count) * 10.0 ** rng.integers(-6, 10, size=count)
+
+
 def edge_cases() -> list[float]:
     """Powers of two and of ten, their neighbours, the notation boundaries, extremes."""
     values: set[float] = set()
@@ -149,7 +162,7 @@ def run(count: int = 5_000_000, seed: int = 0, per_family: int = TIES_PER_FAMILY
     ties = np.array(tie_cases(per_family, seed), dtype=np.float64)
     edges = np.array(edge_cases(), dtype=np.float64)
     randoms = random_patterns(count, seed)
-    total = {"mismatches": 0, "first": None, "rust_s": 0.0, "python_s": 0.0}
+    total: dict[str, Any] = {"mismatches": 0, "first": None, "rust_s": 0.0, "python_s": 0.0}
     for values in (ties, edges, randoms):
         part = _compare(rust.float_reprs, values)
         total["mismatches"] += part["mismatches"]
@@ -157,16 +170,26 @@ def run(count: int = 5_000_000, seed: int = 0, per_family: int = TIES_PER_FAMILY
         total["python_s"] += part["python_s"]
         if total["first"] is None:
             total["first"] = part["first"]
+    ordinary = _compare(rust.float_reprs, ordinary_values(ORDINARY, seed))
+    if total["first"] is None:
+        total["first"] = ordinary["first"]
     n = len(ties) + len(edges) + len(randoms)
     return {
         "patterns": len(randoms),
         "tie_cases": len(ties),
         "tie_families": sum(1 for _ in tie_families()),
         "edge_cases": len(edges),
+        "ordinary": ORDINARY,
         "seed": seed,
-        "mismatches": total["mismatches"],
+        "mismatches": total["mismatches"] + ordinary["mismatches"],
         "first_mismatch": total["first"],
-        "rust_per_s": round(n / total["rust_s"]) if total["rust_s"] else None,
-        "python_per_s": round(n / total["python_s"]) if total["python_s"] else None,
+        "ordinary_rust_per_s": _rate(ORDINARY, ordinary["rust_s"]),
+        "ordinary_python_per_s": _rate(ORDINARY, ordinary["python_s"]),
         "rust_threads": getattr(rust, "THREADS", None),
+        "rust_per_s": _rate(n, total["rust_s"]),
+        "python_per_s": _rate(n, total["python_s"]),
     }
+
+
+def _rate(n: int, seconds: float) -> int | None:
+    return round(n / seconds) if seconds > 0 else None
