@@ -54,3 +54,21 @@ def test_float_reprs_arguments(core: Backend) -> None:
     for bad in (np.zeros(3, dtype=np.float32), np.zeros((2, 2)), np.zeros(6)[::2], [1.0], "x"):
         with pytest.raises(InvalidArgument):
             core.float_reprs(bad)
+
+
+def test_bench_floats_cli(both: tuple[Backend, Backend]) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from engram.cli import main
+
+    result = CliRunner().invoke(
+        main, ["bench", "floats", "--count", "2000", "--ordinary", "2000", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output.strip().splitlines()[-1])
+    assert figures["patterns"] == 2000
+    assert figures["tie_cases"] > 100_000
+    assert figures["mismatches"] == 0 and figures["first_mismatch"] is None
+    assert figures["rust_per_s"] > 0 and figures["python_per_s"] > 0
