@@ -204,10 +204,10 @@ fn write_value(out: &mut Vec<u8>, v: &Json, depth: usize) -> Result<()> {
 
 fn write_object(out: &mut Vec<u8>, mut items: Vec<(&str, &Json)>, depth: usize) -> Result<()> {
     items.sort_by(|a, b| a.0.cmp(b.0));
-    if let Some(w) = items.windows(2).find(|w| w[0].0 == w[1].0) {
+    if items.windows(2).any(|w| w[0].0 == w[1].0) {
         return err(
             ErrorKind::InvalidMetadata,
-            format!("duplicate metadata key {:?}", w[0].0),
+            "metadata has two keys with the same text",
         );
     }
     out.push(b'{');
