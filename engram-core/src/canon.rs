@@ -7,7 +7,8 @@
 //!   `\b`, `\f`, every other char outside `0x20..=0x7e` as lowercase `\uXXXX`, astral chars
 //!   as a surrogate pair;
 //! - integers in `-2^63 ..= 2^64-1`, written in decimal;
-//! - finite floats in Python `repr(float)` form: shortest round-trip digits, fixed notation
+//! - finite floats in Python `repr(float)` form: shortest round-trip digits, the nearest
+//!   such string and at a tie the even last digit (`shortest`), fixed notation
 //!   when the decimal exponent `decpt` (value = 0.DIGITS x 10^decpt) is in `-3..=16`,
 //!   otherwise `d[.ddd]e[+-]XX` (at least two exponent digits); `.0` added to integral
 //!   fixed values; `-0.0` kept;
@@ -115,7 +116,7 @@ pub fn write_f64(out: &mut Vec<u8>, v: f64) -> Result<()> {
     if !v.is_finite() {
         return err(
             ErrorKind::InvalidMetadata,
-            format!("metadata float {v} is not finite (NaN and infinity are not JSON)"),
+            "metadata floats must be finite (NaN and infinity are not JSON)",
         );
     }
     if v.is_sign_negative() {
@@ -125,24 +126,32 @@ pub fn write_f64(out: &mut Vec<u8>, v: f64) -> Result<()> {
         out.extend_from_slice(b"0.0");
         return Ok(());
     }
-    // Rust's `{:e}` gives the shortest round-trip digits as `d[.ddd]e<exp>`.
-    let sci = format!("{:e}", v.abs());
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let digits: Vec<u8> = mantissa.bytes().filter(|b| *b != b'.').collect();
-    let ndigits = digits.len() as i32;
-    let decpt = exp + 1; // value = 0.DIGITS x 10^decpt
+    // Not Rust's `{:e}`: at an exact tie between two shortest digit strings it rounds up,
+    // where Python keeps the even digit (see `shortest`).
+    let mut buf = [0u8; 20];
+    let Some((n, decpt)) = crate::shortest::shortest(v, &mut buf) else {
+        return err(
+            ErrorKind::InvalidMetadata,
+            format!("metadata float {v:e} could not be formatted"),
+        );
+    };
+    for d in &mut buf[..n] {
+        *d += b'0';
+    }
+    let digits = &buf[..n];
+    let ndigits = n as i32;
+    let exp = decpt - 1;
     if -4 < decpt && decpt <= 16 {
         if decpt <= 0 {
             out.extend_from_slice(b"0.");
             out.extend(std::iter::repeat_n(b'0', (-decpt) as usize));
-            out.extend_from_slice(&digits);
+            out.extend_from_slice(digits);
         } else if decpt < ndigits {
             out.extend_from_slice(&digits[..decpt as usize]);
             out.push(b'.');
             out.extend_from_slice(&digits[decpt as usize..]);
         } else {
-            out.extend_from_slice(&digits);
+            out.extend_from_slice(digits);
             out.extend(std::iter::repeat_n(b'0', (decpt - ndigits) as usize));
             out.extend_from_slice(b".0");
         }
@@ -195,10 +204,10 @@ fn write_value(out: &mut Vec<u8>, v: &Json, depth: usize) -> Result<()> {
 
 fn write_object(out: &mut Vec<u8>, mut items: Vec<(&str, &Json)>, depth: usize) -> Result<()> {
     items.sort_by(|a, b| a.0.cmp(b.0));
-    if let Some(w) = items.windows(2).find(|w| w[0].0 == w[1].0) {
+    if items.windows(2).any(|w| w[0].0 == w[1].0) {
         return err(
             ErrorKind::InvalidMetadata,
-            format!("duplicate metadata key {:?}", w[0].0),
+            "metadata has two keys with the same text",
         );
     }
     out.push(b'{');

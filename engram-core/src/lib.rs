@@ -17,6 +17,7 @@ pub mod error;
 pub mod merkle;
 pub mod par;
 pub mod proof;
+pub mod shortest;
 
 #[cfg(feature = "python")]
 mod buffer;

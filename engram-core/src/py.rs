@@ -47,11 +47,23 @@ impl<T> IntoPy<T> for CoreResult<T> {
     }
 }
 
+/// Longest type name an error message repeats (the fallback caps the same way).
+const MAX_TYPE_NAME: usize = 80;
+
+/// `type(obj).__name__`, capped at [`MAX_TYPE_NAME`] characters (a class can be given any
+/// name; a message never repeats a huge one).
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type()
+    let name = obj
+        .get_type()
         .name()
         .map(|n| n.to_string())
-        .unwrap_or_else(|_| "?".to_owned())
+        .unwrap_or_else(|_| "?".to_owned());
+    if name.chars().count() <= MAX_TYPE_NAME {
+        return name;
+    }
+    let mut capped: String = name.chars().take(MAX_TYPE_NAME - 1).collect();
+    capped.push('…');
+    capped
 }
 
 /// A Python `str` as `&str`; anything else (or a str with lone surrogates) is `kind`.
@@ -195,11 +207,19 @@ fn meta_err(msg: String) -> CoreError {
     CoreError::new(ErrorKind::InvalidMetadata, msg)
 }
 
+// The refusal messages (identical in the Python fallback, which checks in the same order):
+// sentences a client can act on; they repeat no part of the input but a capped type name.
+const MSG_STRING: &str = "metadata string is not valid Unicode (it holds a lone surrogate)";
+const MSG_KEY: &str = "metadata key is not valid Unicode (it holds a lone surrogate)";
+const MSG_INT: &str = "metadata integers must lie in -2**63 .. 2**64-1 (64 bits)";
+const MSG_FLOAT: &str = "metadata floats must be finite (NaN and infinity are not JSON)";
+const MSG_DUPLICATE: &str = "metadata has two keys with the same text";
+
 fn write_py(out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, depth: usize) -> CoreResult<()> {
+    // Subclasses of str/int/float/dict/list/tuple are read as their builtin value (their
+    // storage, never their overridable methods), exactly as the fallback reads them.
     if let Ok(s) = obj.downcast::<PyString>() {
-        let s = s.to_str().map_err(|_| {
-            meta_err("metadata string is not valid Unicode (lone surrogate)".into())
-        })?;
+        let s = s.to_str().map_err(|_| meta_err(MSG_STRING.into()))?;
         canon::write_str(out, s);
     } else if let Ok(b) = obj.downcast::<PyBool>() {
         out.extend_from_slice(if b.is_true() { b"true" } else { b"false" });
@@ -209,26 +229,37 @@ fn write_py(out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, depth: usize) -> CoreResu
         } else if let Ok(v) = obj.extract::<u64>() {
             canon::write_u64(out, v);
         } else {
-            return Err(meta_err(format!(
-                "metadata integer {} is outside -2**63 .. 2**64-1",
-                obj.str().map(|s| s.to_string()).unwrap_or_default()
-            )));
+            return Err(meta_err(MSG_INT.into()));
         }
     } else if let Ok(f) = obj.downcast::<PyFloat>() {
-        canon::write_f64(out, f.value())?;
+        let v = f.value();
+        if !v.is_finite() {
+            return Err(meta_err(MSG_FLOAT.into()));
+        }
+        canon::write_f64(out, v)?;
     } else if obj.is_none() {
         out.extend_from_slice(b"null");
     } else if let Ok(d) = obj.downcast::<PyDict>() {
         canon::check_depth(depth + 1)?;
         write_dict(out, d, depth + 1, None)?;
-    } else if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
+    } else if let Ok(list) = obj.downcast::<PyList>() {
+        canon::check_depth(depth + 1)?;
+        // Index by index: a list changed meanwhile (by another thread) ends early, never
+        // reads out of bounds.
+        out.push(b'[');
+        let mut i = 0;
+        while let Ok(item) = list.get_item(i) {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_py(out, &item, depth + 1)?;
+            i += 1;
+        }
+        out.push(b']');
+    } else if let Ok(tuple) = obj.downcast::<PyTuple>() {
         canon::check_depth(depth + 1)?;
         out.push(b'[');
-        let iter = obj
-            .try_iter()
-            .map_err(|_| meta_err("cannot iterate metadata array".into()))?;
-        for (i, item) in iter.enumerate() {
-            let item = item.map_err(|_| meta_err("cannot iterate metadata array".into()))?;
+        for (i, item) in tuple.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -244,7 +275,8 @@ fn write_py(out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, depth: usize) -> CoreResu
     Ok(())
 }
 
-/// Write a dict with sorted keys; `model_version` (when given) replaces that key.
+/// Write a dict with sorted keys; `model_version` (when given) replaces that key. Keys are
+/// checked in the dict's order, then values in key order (as the fallback does).
 fn write_dict(
     out: &mut Vec<u8>,
     d: &Bound<'_, PyDict>,
@@ -262,9 +294,7 @@ fn write_dict(
         let s = k
             .downcast::<PyString>()
             .map_err(|_| meta_err(format!("metadata keys must be str, got {}", type_name(k))))?;
-        let s = s
-            .to_str()
-            .map_err(|_| meta_err("metadata key is not valid Unicode (lone surrogate)".into()))?;
+        let s = s.to_str().map_err(|_| meta_err(MSG_KEY.into()))?;
         if model_version.is_some() && s == MODEL_VERSION_KEY {
             continue;
         }
@@ -274,6 +304,11 @@ fn write_dict(
         order.push((MODEL_VERSION_KEY, None));
     }
     order.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    // Only str subclasses that hash or compare unlike their text can do this; the JSON
+    // would hold the key twice, so it is refused.
+    if order.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(meta_err(MSG_DUPLICATE.into()));
+    }
     out.push(b'{');
     for (n, (k, idx)) in order.iter().enumerate() {
         if n > 0 {
@@ -334,6 +369,63 @@ fn canonical_json<'py>(
 #[pyfunction]
 fn float_repr(py: Python<'_>, value: f64) -> PyResult<String> {
     canon::float_repr(value).py_err(py)
+}
+
+/// `float_repr` of every value of a 1-D float64 array (native byte order), in order.
+#[pyfunction]
+fn float_reprs<'py>(py: Python<'py>, values: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+    let bad = || {
+        CoreError::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "values must be a 1-D C-contiguous float64 array (native byte order), got {}",
+                type_name(values)
+            ),
+        )
+    };
+    let buf = RawBuffer::get(values).ok_or_else(bad).py_err(py)?;
+    if !matches!(buf.format(), b"d" | b"@d" | b"=d" | b"<d")
+        || buf.itemsize() != 8
+        || buf.ndim() != 1
+        || !buf.is_c_contiguous()
+    {
+        return Err(to_pyerr(py, bad()));
+    }
+    let bytes = buf.bytes();
+    let n = bytes.len() / 8;
+    // Without the GIL, in parallel: each chunk of values written into one text buffer (with
+    // the end of each value's text); then one str per value, made straight from the buffer.
+    const CHUNK: usize = 4096;
+    let chunks: Vec<(Vec<u8>, Vec<usize>)> = py
+        .allow_threads(|| {
+            crate::par::par_map(n.div_ceil(CHUNK), |c| {
+                let (start, end) = (c * CHUNK, ((c + 1) * CHUNK).min(n));
+                let mut text = Vec::with_capacity((end - start) * 24);
+                let mut ends = Vec::with_capacity(end - start);
+                for (i, raw) in bytes[start * 8..end * 8].chunks_exact(8).enumerate() {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(raw);
+                    canon::write_f64(&mut text, f64::from_le_bytes(b)).map_err(|e| {
+                        CoreError::new(e.kind, format!("value {}: {}", start + i, e.message))
+                    })?;
+                    ends.push(text.len());
+                }
+                Ok((text, ends))
+            })
+            .into_iter()
+            .collect::<CoreResult<Vec<_>>>()
+        })
+        .py_err(py)?;
+    let list = PyList::empty(py);
+    for (text, ends) in &chunks {
+        let mut start = 0;
+        for &end in ends {
+            let s = std::str::from_utf8(&text[start..end]).unwrap_or("");
+            list.append(PyString::new(py, s))?;
+            start = end;
+        }
+    }
+    Ok(list)
 }
 
 #[pyfunction]
@@ -804,6 +896,7 @@ fn engram_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("THREADS", crate::par::threads())?;
     m.add_function(wrap_pyfunction!(canonical_json, m)?)?;
     m.add_function(wrap_pyfunction!(float_repr, m)?)?;
+    m.add_function(wrap_pyfunction!(float_reprs, m)?)?;
     m.add_function(wrap_pyfunction!(embedding_hash, m)?)?;
     m.add_function(wrap_pyfunction!(embedding_hashes, m)?)?;
     m.add_function(wrap_pyfunction!(compute_cid, m)?)?;

@@ -1,4 +1,4 @@
-"""``engram bench bus|core|ingest``: benchmarks that print one JSON object on the last line."""
+"""``engram bench bus|core|floats|ingest``: benchmarks printing one JSON object last."""
 
 from __future__ import annotations
 
@@ -39,6 +39,26 @@ def bench_core(ctx: click.Context, rows: int, dim: int, as_json: bool) -> None:
 
     get_settings(ctx)
     print_json(run(rows=rows, dim=dim))
+
+
+@bench_group.command("floats")
+@click.option("--count", default=5_000_000, show_default=True, help="Random 64-bit patterns.")
+@click.option("--ordinary", default=1_000_000, show_default=True, help="Everyday values.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON line on stdout.")
+@click.pass_context
+def bench_floats(ctx: click.Context, count: int, ordinary: int, seed: int, as_json: bool) -> None:
+    """engram-core's float text vs Python's repr: random patterns, every tie family, edges.
+
+    Exits 1 if any value is formatted differently (``mismatches`` > 0).
+    """
+    from engram.bench.floats import run
+
+    get_settings(ctx)
+    result = run(count=count, seed=seed, ordinary=ordinary)
+    print_json(result)
+    if result["mismatches"]:
+        ctx.exit(1)
 
 
 if importlib.util.find_spec("engram.bench.ingest") is not None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import math
 import operator
 import secrets
 import struct
 import sys
-from typing import Any
+from typing import Any, cast
 
 from engram.core.errors import (
     ChallengeExpired,
@@ -37,13 +38,20 @@ CID_PREFIX = "v1::"
 CONTENT_CID_PREFIX = "sha256:"
 _HEXCHARS = frozenset("0123456789abcdefABCDEF")
 _NATIVE_F32 = ("f", "@f", "=f", "<f") if sys.byteorder == "little" else ()
+_NATIVE_F64 = ("d", "@d", "=d", "<d") if sys.byteorder == "little" else ()
 _I64_MIN = -(2**63)
 _U64_MAX = 2**64 - 1
 _sha256 = hashlib.sha256
 
 
+#: Longest type name an error message repeats (engram-core caps the same way).
+MAX_TYPE_NAME = 80
+
+
 def _tname(obj: object) -> str:
-    return type(obj).__name__
+    """``type(obj).__name__``, capped: a class can be given any name."""
+    name = type(obj).__name__
+    return name if len(name) <= MAX_TYPE_NAME else name[: MAX_TYPE_NAME - 1] + "…"
 
 
 def _as_str(obj: object, exc: type[Exception], what: str) -> str:
@@ -66,42 +74,88 @@ def _decode32(s: str, exc: type[Exception], what: str) -> bytes:
 # Canonical JSON
 
 
+# The refusal messages (identical in engram-core, which checks in the same order): sentences
+# a client can act on; they repeat no part of the input but a capped type name.
+MSG_STRING = "metadata string is not valid Unicode (it holds a lone surrogate)"
+MSG_KEY = "metadata key is not valid Unicode (it holds a lone surrogate)"
+MSG_INT = "metadata integers must lie in -2**63 .. 2**64-1 (64 bits)"
+MSG_FLOAT = "metadata floats must be finite (NaN and infinity are not JSON)"
+MSG_DUPLICATE = "metadata has two keys with the same text"
+MSG_DEPTH = f"metadata nests deeper than {MAX_DEPTH} levels"
+
+
 def float_repr(value: float) -> str:
     """Python ``repr(float)`` text, as canonical JSON writes floats (finite only)."""
     v = float(value)
     if not math.isfinite(v):
-        raise InvalidMetadata(f"metadata float {v} is not finite (NaN and infinity are not JSON)")
+        raise InvalidMetadata(MSG_FLOAT)
     return float.__repr__(v)
 
 
+def float_reprs(values: Any) -> list[str]:
+    """:func:`float_repr` of every value of a 1-D float64 array (native byte order)."""
+    try:
+        mv = memoryview(values)
+    except TypeError:
+        mv = None
+    if (
+        mv is None
+        or mv.format not in _NATIVE_F64
+        or mv.itemsize != 8
+        or mv.ndim != 1
+        or not mv.c_contiguous
+    ):
+        raise InvalidArgument(
+            "values must be a 1-D C-contiguous float64 array (native byte order), "
+            f"got {_tname(values)}"
+        )
+    floats = cast(list[float], mv.tolist())  # format "d": floats
+    if not all(map(math.isfinite, floats)):
+        i = next(i for i, v in enumerate(floats) if not math.isfinite(v))
+        raise InvalidMetadata(f"value {i}: {MSG_FLOAT}")
+    return list(map(float.__repr__, floats))
+
+
+def _text(s: str, message: str) -> str:
+    """``s`` as a plain str; ``InvalidMetadata(message)`` if it holds a lone surrogate."""
+    try:
+        str.encode(s, "utf-8")
+    except UnicodeEncodeError:
+        raise InvalidMetadata(message) from None
+    return s if type(s) is str else str.__str__(s)
+
+
 def _plain(obj: Any, depth: int) -> Any:
-    """Validate one metadata value and return it as plain builtin types."""
+    """Validate one metadata value and return it as plain builtin types.
+
+    Subclasses of str/int/float/dict/list/tuple are read through the builtin type's own
+    methods (never their overrides), as engram-core reads their storage.
+    """
     if isinstance(obj, str):
-        try:
-            obj.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidMetadata("metadata string is not valid Unicode (lone surrogate)") from None
-        return obj if type(obj) is str else str.__str__(obj)
+        return _text(obj, MSG_STRING)
     if isinstance(obj, bool):
         return obj
     if isinstance(obj, int):
-        if not _I64_MIN <= obj <= _U64_MAX:
-            raise InvalidMetadata(f"metadata integer {int(obj)} is outside -2**63 .. 2**64-1")
-        return obj if type(obj) is int else int.__int__(obj)
+        v = int.__int__(obj)
+        if not _I64_MIN <= v <= _U64_MAX:
+            raise InvalidMetadata(MSG_INT)
+        return v
     if isinstance(obj, float):
-        if not math.isfinite(obj):
-            raise InvalidMetadata(
-                f"metadata float {obj} is not finite (NaN and infinity are not JSON)"
-            )
-        return obj if type(obj) is float else float.__float__(obj)
+        f = float.__float__(obj)
+        if not math.isfinite(f):
+            raise InvalidMetadata(MSG_FLOAT)
+        return f
     if obj is None:
         return None
     if isinstance(obj, dict):
         _check_depth(depth + 1)
         return _plain_dict(obj, depth + 1, None)
-    if isinstance(obj, (list, tuple)):
+    if isinstance(obj, list):
         _check_depth(depth + 1)
-        return [_plain(item, depth + 1) for item in obj]
+        return [_plain(item, depth + 1) for item in list.__iter__(obj)]
+    if isinstance(obj, tuple):
+        _check_depth(depth + 1)
+        return [_plain(item, depth + 1) for item in tuple.__iter__(obj)]
     raise InvalidMetadata(
         f"metadata value of type {_tname(obj)} is not JSON "
         "(allowed: dict, list, tuple, str, int, float, bool, None)"
@@ -110,24 +164,31 @@ def _plain(obj: Any, depth: int) -> Any:
 
 def _check_depth(depth: int) -> None:
     if depth > MAX_DEPTH:
-        raise InvalidMetadata(f"metadata nests deeper than {MAX_DEPTH} levels")
+        raise InvalidMetadata(MSG_DEPTH)
 
 
 def _plain_dict(d: dict[Any, Any], depth: int, model_version: str | None) -> dict[str, Any]:
-    for k in d:
+    """Keys are checked in the dict's order, then values in key order (as engram-core)."""
+    pairs: list[tuple[str, Any]] = []
+    for k, v in dict.items(d):
         if not isinstance(k, str):
             raise InvalidMetadata(f"metadata keys must be str, got {_tname(k)}")
-        try:
-            k.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidMetadata("metadata key is not valid Unicode (lone surrogate)") from None
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if model_version is not None and k == MODEL_VERSION_KEY:
+        key = _text(k, MSG_KEY)
+        if model_version is not None and key == MODEL_VERSION_KEY:
             continue
-        out[k if type(k) is str else str.__str__(k)] = _plain(v, depth)
+        pairs.append((key, v))
     if model_version is not None:
-        out[MODEL_VERSION_KEY] = model_version
+        pairs.append((MODEL_VERSION_KEY, model_version))
+    pairs.sort(key=operator.itemgetter(0))
+    # Only str subclasses that hash or compare unlike their text can do this.
+    if any(a[0] == b[0] for a, b in itertools.pairwise(pairs)):
+        raise InvalidMetadata(MSG_DUPLICATE)
+    out: dict[str, Any] = {}
+    for key, v in pairs:
+        if model_version is not None and key == MODEL_VERSION_KEY:
+            out[key] = model_version
+        else:
+            out[key] = _plain(v, depth)
     return out
 
 

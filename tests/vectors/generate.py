@@ -10,6 +10,7 @@ against these files by pytest (tests/core/) and the Rust crate by ``cargo test``
 from __future__ import annotations
 
 import json
+import math
 import random
 import struct
 import sys
@@ -57,6 +58,59 @@ FLOATS = [
     0.1 + 0.2, 100.0 / 7.0, 6.02214076e23, 1.602176634e-19,
 ]  # fmt: skip
 
+# Exact ties: the float lies exactly halfway between the two shortest digit strings that
+# read back as it; Python (and engram-core) keep the even last digit, Rust's `{}` rounds up.
+# One family per binade 2^-25 .. 2^50 (engram/bench/floats.py constructs them all).
+FLOAT_TIES = [
+    ("tie 2^49+1/4 (.2|.3, the parity failure)", math.ldexp(1, 49) + 0.25),
+    ("tie 2^49+3/4 (.7|.8)", math.ldexp(1, 49) + 0.75),
+    ("tie -(2^49+1/4)", -(math.ldexp(1, 49) + 0.25)),
+    ("tie 2^43+1/16", math.ldexp(1, 43) + 0.0625),
+    ("tie 2^34+2^-7", math.ldexp(1, 34) + math.ldexp(1, -7)),
+    ("tie 2^26+2^-9", math.ldexp(1, 26) + math.ldexp(1, -9)),
+    ("tie 2^17+2^-12", math.ldexp(1, 17) + math.ldexp(1, -12)),
+    ("tie 2^9+2^-14", math.ldexp(1, 9) + math.ldexp(1, -14)),
+    ("tie 1+2^-17", 1 + math.ldexp(1, -17)),
+    ("tie -(1+2^-17)", -(1 + math.ldexp(1, -17))),
+    ("tie 2049*2^-20", math.ldexp(2049, -20)),
+    ("tie 33*2^-22", math.ldexp(33, -22)),
+    ("tie 2^-25 (a power of two: narrower gap below)", math.ldexp(1, -25)),
+]
+FLOAT_EDGES = [
+    ("min subnormal 2^-1074", 5e-324),
+    ("second subnormal", math.ldexp(1, -1073)),
+    ("3 * 2^-1074", math.ldexp(3, -1074)),
+    ("max subnormal", math.ldexp(2**52 - 1, -1074)),
+    ("min normal 2^-1022", math.ldexp(1, -1022)),
+    ("next after min normal", math.nextafter(math.ldexp(1, -1022), 1.0)),
+    ("max float", sys.float_info.max),
+    ("-max float", -sys.float_info.max),
+    ("negative zero", -0.0),
+    ("1e16 - 2 (last fixed)", 9999999999999998.0),
+    ("1e16 (first exponent form)", 1e16),
+    ("1e16 + 2", 1.0000000000000002e16),
+    ("1e-4 (last fixed)", 0.0001),
+    ("below 1e-4", math.nextafter(0.0001, 0.0)),
+    ("above 1e-4", math.nextafter(0.0001, 1.0)),
+    ("1e-5 (exponent form)", 1e-05),
+    ("below 1e-5", math.nextafter(1e-05, 0.0)),
+    ("1e23 (nearest float below 10^23)", 1e23),
+    ("2^53", 9007199254740992.0),
+    ("2^53 + 2", 9007199254740994.0),
+    ("2^63", 9223372036854775808.0),
+    ("2^64", 18446744073709551616.0),
+    ("integer 3", 3.0),
+    ("integer -42", -42.0),
+    ("integer 123456789", 123456789.0),
+    ("integer 999999999999999", 999999999999999.0),
+    ("integer 2^52 + 1", 4503599627370497.0),
+] + [
+    (f"2^{n}", math.ldexp(1, n))
+    for n in (-1074, -1060, -1023, -1000, -900, -700, -500, -300, -100, -64, -53, -52, -17,
+              -14, -10, -5, -1, 0, 1, 10, 49, 52, 54, 60, 100, 200, 300, 500, 700, 900,
+              1000, 1022, 1023)
+]  # fmt: skip
+
 CANONICAL_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("empty", {}, None),
     ("empty_with_version", {}, MODEL),
@@ -94,6 +148,10 @@ CANONICAL_CASES: list[tuple[str, dict[str, Any], str | None]] = [
         MODEL,
     ),
     ("floats", {f"f{i:02d}": v for i, v in enumerate(FLOATS)}, None),
+    # The metadata of the original parity failure: Rust gave 562949953421312.3.
+    ("float_tie", {"": 562949953421312.25}, MODEL),
+    ("float_ties", {name: v for name, v in FLOAT_TIES}, None),
+    ("float_edges", {name: v for name, v in FLOAT_EDGES}, None),
 ]  # fmt: skip
 
 
@@ -105,8 +163,10 @@ def canonical_vectors() -> dict[str, Any]:
         cases.append(
             {"name": name, "metadata": meta, "model_version": version, "canonical": out.decode()}
         )
+    named = [("", v) for v in FLOATS] + FLOAT_TIES + FLOAT_EDGES
     floats = [
-        {"bits": struct.pack(">d", v).hex(), "value": v, "text": ref.float_repr(v)} for v in FLOATS
+        {"bits": struct.pack(">d", v).hex(), "value": v, "text": ref.float_repr(v), "name": name}
+        for name, v in named
     ]
     for f in floats:
         assert f["text"] == repr(f["value"])
@@ -131,6 +191,7 @@ CID_META: list[tuple[str, dict[str, Any]]] = [
     ("text", {"text": "The quick brown fox", "source": "test"}),
     ("unicode_numbers_nested", {"title": "Über café 😀", "n": 7, "score": 0.75,
                                  "tags": ["x", {"k": None}]}),
+    ("float_tie", {"": 562949953421312.25, "t": 1.0000076293945312}),
 ]  # fmt: skip
 
 
