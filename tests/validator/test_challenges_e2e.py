@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import numpy as np
 import pytest
 from bittensor_core import Keypair
 
 from engram.bus import Bus
 from engram.chain import LocalChain
+from engram.config import Settings
 from engram.core import compute_cid
 from engram.miner.node import MinerNode
 from engram.validator.challenges import Challenger, Dispatcher, Verifier
@@ -23,6 +25,18 @@ from streams.topology import consumer
 from streams.worker import Worker
 
 from .helpers import events_of, until
+
+
+@pytest.fixture
+def miner_settings(settings: Settings) -> Settings:
+    """This miner's operator answers seed (v1) challenges too (``ENGRAM_AXON_PROOF_VERSIONS``)."""
+    return msgspec.structs.replace(
+        settings,
+        embed_batch=32,
+        embed_batch_wait_s=0.02,
+        snapshot_every_events=50,
+        axon_proof_versions=[1, 2],
+    )
 
 
 def _unit(seed: int, dim: int = 384) -> np.ndarray:
