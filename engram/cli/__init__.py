@@ -99,5 +99,11 @@ if importlib.util.find_spec("engram.cli.validator") is not None:  # the validato
     _validator.register(main)
 
 
+if importlib.util.find_spec("engram.cli.devnet") is not None:  # the devnet
+    from . import devnet as _devnet
+
+    _devnet.register(main)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -104,6 +104,10 @@ class MinerNode:
     embed_in_process: bool = True
     worker_processes: int = 0
     ingest_wait_s: float = 10.0
+    # already loaded models to use instead of loading this node's own (the devnet shares
+    # one pair between its miners); None = load them from the data dir's cache
+    query_embedder: Embedder | None = None
+    embedder: Embedder | None = None
     bus: Bus | None = None
     store: MemoryStore | None = None
     runner: StoreRunner | None = None
@@ -146,7 +150,7 @@ class MinerNode:
         self.bus = bus = await open_bus(s)
         self.guard = BusGuard(bus)
         self._tasks.append(asyncio.create_task(self.guard.run(self._stop), name="bus-guard"))
-        query_embedder = await asyncio.to_thread(load_embedder, s, "query")
+        query_embedder = self.query_embedder or await asyncio.to_thread(load_embedder, s, "query")
         self.store = await asyncio.to_thread(open_store, s, query_embedder.dim)
         self.runner = StoreRunner(
             bus.js,
@@ -160,7 +164,7 @@ class MinerNode:
         log.info("store ready", memories=len(self.store), replayed=n, seq=self.store.applied_seq)
         self._tasks.append(asyncio.create_task(self.runner.run(), name="store-projection"))
         if self.embed_in_process:
-            embedder = await asyncio.to_thread(load_embedder, s, "embed")
+            embedder = self.embedder or await asyncio.to_thread(load_embedder, s, "embed")
             self.worker, self.handler = _embed_worker(bus, s, embedder)
             self._tasks.append(asyncio.create_task(self.worker.run(), name="embed-worker"))
         if self.worker_processes:

@@ -79,6 +79,7 @@ class ValidatorNode:
     folder: WeightFolder | None = None
     scheduler: Scheduler | None = None
     replication: ReplicationProjection = field(default_factory=ReplicationProjection)
+    handle_signals: bool = True  # False when an owner (the devnet) handles SIGINT/SIGTERM
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stop(self) -> None:
@@ -187,7 +188,7 @@ class ValidatorNode:
             self.scheduler = Scheduler(bus.js, pub, cfg.cadences(), me)
             replication = ProjectionRunner(bus.js, self.replication, snapshot_every_events=10**9)
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT) if self.handle_signals else ():
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, self.stop)
             log.info("validator started", hotkey=me, chain=chain.name, netuid=chain.netuid)
@@ -200,7 +201,7 @@ class ValidatorNode:
                 self._stop.wait(),
             )
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT) if self.handle_signals else ():
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     asyncio.get_running_loop().remove_signal_handler(sig)
             await http.close()

@@ -1,0 +1,101 @@
+"""``engram devnet``: a whole subnet on loopback (NATS, local chain, miners, adversaries,
+a validator) with a live table on stderr; Ctrl-C stops everything it started."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from engram.log import configure_logging
+
+__all__ = ["devnet", "register"]
+
+
+@click.command("devnet")
+@click.option("--miners", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Honest miners.")  # fmt: skip
+@click.option(
+    "--adversary",
+    "adversaries",
+    multiple=True,
+    type=click.Choice(["hash-only", "lossy", "slow", "wrong", "copycat"]),
+    help="Add one misbehaving miner of this kind (repeatable).",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Exit by itself after this many weight epochs.")  # fmt: skip
+@click.option("--fast", is_flag=True, help="Seconds-scale cadences (evaluation, challenges, weights).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object last on stdout (weights, audit_ok, replication).")  # fmt: skip
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Keep state here (default: a temporary dir removed at exit).")  # fmt: skip
+@click.pass_context
+def devnet(
+    ctx: click.Context,
+    miners: int,
+    adversaries: tuple[str, ...],
+    epochs: int | None,
+    fast: bool,
+    as_json: bool,
+    data_dir: str | None,
+) -> None:
+    """Run a devnet: NATS, the local chain, miners and a validator on loopback."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from engram.devnet import Devnet, DevnetConfig, DevnetView
+    from engram.devnet.view import render
+
+    obj = ctx.ensure_object(dict)
+    # the table is the interface: logs only for warnings unless asked
+    configure_logging(obj.get("log_level") or "warning", obj.get("log_format") or "auto")
+    config = DevnetConfig(
+        miners=miners,
+        adversaries=adversaries,
+        epochs=epochs,
+        fast=fast,
+        data_dir=Path(data_dir) if data_dir else None,
+    )
+    console = Console(stderr=True)
+    live = Live(console=console, refresh_per_second=4, transient=False, auto_refresh=True)
+    last = [0.0]
+
+    def on_change(view: DevnetView) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 0.2:  # the Live refreshes 4x/s; rebuilding more often is waste
+            last[0] = now
+            live.update(render(view))
+
+    net = Devnet(config, on_change=on_change)
+    started = time.monotonic()
+
+    async def go() -> dict[str, Any]:
+        with live:
+            try:
+                return await net.run()
+            finally:
+                live.update(render(net.view))
+
+    try:
+        result = asyncio.run(go())
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        console.print("devnet stopped")
+        sys.exit(130)
+    result["seconds"] = round(time.monotonic() - started, 1)
+    console.print(
+        f"audit: {'OK' if result['audit_ok'] else 'FAILED'} · epochs {result['epochs']} · "
+        f"{result['seconds']} s"
+    )
+    if as_json:
+        click.echo(json.dumps(result))
+    if result["audit_ok"] is False:
+        ctx.exit(1)
+
+
+def register(main: click.Group) -> None:
+    main.add_command(devnet)

@@ -1,0 +1,315 @@
+"""``engram devnet``: a whole subnet on loopback, in one process that owns every part.
+
+* **the devnet's nats-server** (embedded, a child process): the local chain's KV
+  (``engram_chain``) and the validator's streams (VALIDATION, WEIGHTS, its consumers);
+* **N honest miners**, each a real :class:`~engram.miner.node.MinerNode` with its own data
+  dir, hotkey and its *own* embedded nats-server, as a real miner runs: a miner's MEMORY
+  stream is its own and nobody else's;
+* **adversaries** (``--adversary KIND``): a real miner behind an
+  :class:`~engram.devnet.adversaries.AdversaryProxy` (``copycat``: the proxy alone);
+* **one validator** (:class:`~engram.validator.node.ValidatorNode`) on the devnet's server.
+
+Every miner is registered on the local chain with its axon (the proxy's, for an
+adversary) before the validator starts, so uids are 0..N-1 for the honest miners, then the
+adversaries in the order given, then the validator. One loaded model is shared: the
+validator and the miners' embed workers use one instance, the miners' queries another.
+
+Every child process is a nats-server armed with a parent-death signal; a clean stop
+(SIGINT/SIGTERM, or ``--epochs`` reached) stops the validator, audits its log, then stops
+the proxies, the miners and the servers, and removes a temporary data dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from nats.aio.msg import Msg
+
+from engram.bus import Bus, open_bus
+from engram.chain.local import LocalChain
+from engram.config import Settings
+from engram.miner.auth import load_or_create_key, miner_keypair
+from engram.miner.embedder import Embedder, get_embedder
+from engram.miner.node import MinerNode
+from engram.natsd import EmbeddedNats
+from engram.validator.audit import audit
+from engram.validator.config import ValidatorConfig
+from engram.validator.node import ValidatorNode, load_validator_key
+from streams.errors import InputError
+from streams.events import decode
+
+from .adversaries import AdversaryProxy, check_kind
+from .view import DevnetView, MinerRow
+
+__all__ = ["Devnet", "DevnetConfig"]
+
+log = structlog.get_logger("engram.devnet")
+
+#: seconds-scale cadences (``--fast``): several evaluation and challenge rounds per epoch,
+#: so a miner that fails its proofs is slashed before the first epoch with scores ends
+FAST = ValidatorConfig(
+    evaluation_s=2.0, challenge_s=1.5, weights_s=8.0, http_timeout_s=10.0, challenge_ttl_s=30
+)
+#: the devnet's default cadences: slower than --fast, much faster than production's
+NORMAL = ValidatorConfig(evaluation_s=15.0, challenge_s=20.0, weights_s=60.0)
+
+
+@dataclass(frozen=True)
+class DevnetConfig:
+    miners: int = 3
+    adversaries: tuple[str, ...] = ()
+    epochs: int | None = None  # stop by itself after this many weight epochs
+    fast: bool = False
+    data_dir: Path | None = None  # None: a temporary dir, removed at exit
+    netuid: int = 1
+
+    def __post_init__(self) -> None:
+        if self.miners < 0 or self.miners + len(self.adversaries) < 1:
+            raise InputError("the devnet needs at least one miner")
+        for kind in self.adversaries:
+            check_kind(kind)
+        if "copycat" in self.adversaries and self.miners < 1:
+            raise InputError("copycat forwards to an honest miner: give --miners 1 or more")
+        if self.epochs is not None and self.epochs < 1:
+            raise InputError("--epochs must be >= 1")
+
+    def validator_config(self) -> ValidatorConfig:
+        return FAST if self.fast else NORMAL
+
+
+@dataclass
+class Member:
+    """One miner of the devnet: a real node, an adversary's proxy, or both."""
+
+    label: str
+    hotkey: str
+    node: MinerNode | None = None
+    proxy: AdversaryProxy | None = None
+    uid: int = -1
+
+    @property
+    def axon(self) -> tuple[str, int]:
+        if self.proxy is not None:
+            return self.proxy.host, self.proxy.port
+        assert self.node is not None
+        return self.node.host, self.node.port
+
+
+@dataclass
+class Devnet:
+    config: DevnetConfig
+    on_change: Callable[[DevnetView], None] | None = None
+    members: list[Member] = field(default_factory=list)
+    view: DevnetView = field(default_factory=lambda: DevnetView(rows={}))
+    server: EmbeddedNats | None = None
+    bus: Bus | None = None
+    validator: ValidatorNode | None = None
+    root: Path | None = None
+    audit_ok: bool | None = None
+    audit_problems: list[str] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- start ----------------------------------------------------------------------------
+
+    def _settings(self, name: str, nats_url: str | None) -> Settings:
+        assert self.root is not None
+        return Settings(
+            data_dir=str(self.root / name),
+            nats_url=nats_url,
+            node_id=name,
+            embed_batch=32,
+            embed_batch_wait_s=0.02,
+            stop_grace_s=3.0,
+        )
+
+    async def _start_miner(
+        self, name: str, label: str, models: tuple[Embedder, Embedder]
+    ) -> Member:
+        s = self._settings(name, None)  # its own embedded nats-server
+        hotkey = (await asyncio.to_thread(miner_keypair, s)).ss58_address
+        node = MinerNode(s, port=0, ingest_wait_s=15.0, query_embedder=models[0], embedder=models[1])
+        member = Member(label, hotkey, node=node)
+        self.members.append(member)  # before start: a failed start is still stopped
+        await node.start()
+        return member
+
+    async def _start(self) -> None:
+        cfg = self.config
+        root = self.root
+        assert root is not None
+        # on the loop's thread: the parent-death signal follows the thread that spawns
+        self.server = EmbeddedNats(data_dir=root / "nats", sync="always").start(reuse=False)
+        cache = root / "cache"
+        query_model = await asyncio.to_thread(get_embedder, cache_dir=cache, batch_size=1)
+        batch_model = await asyncio.to_thread(get_embedder, cache_dir=cache)
+        models = (query_model, batch_model)
+        for i in range(cfg.miners):
+            await self._start_miner(f"miner-{i}", "honest", models)
+        honest = next((m for m in self.members if m.label == "honest"), None)
+        for j, kind in enumerate(cfg.adversaries):
+            name = f"adversary-{j}-{kind}"
+            if kind == "copycat":
+                assert honest is not None and honest.node is not None
+                s = self._settings(name, None)
+                key, _ = await asyncio.to_thread(
+                    load_or_create_key, s.data_path / "keys" / "miner_hotkey"
+                )
+                member = Member(kind, key.ss58_address)
+                target = f"{honest.node.host}:{honest.node.port}"
+                self.members.append(member)
+            else:
+                member = await self._start_miner(name, kind, models)
+                assert member.node is not None
+                target = f"{member.node.host}:{member.node.port}"
+            member.proxy = AdversaryProxy(kind, target, member.hotkey)
+            await member.proxy.start()
+
+        vs = self._settings("validator", self.server.url)
+        keypair = await asyncio.to_thread(load_validator_key, vs)
+        self.bus = bus = await open_bus(self._settings("devnet", self.server.url))
+        chain = await LocalChain.open(bus.js, keypair.ss58_address, cfg.netuid)
+        for m in self.members:
+            m.uid = await chain.register(m.hotkey)
+            host, port = m.axon
+            await chain.acting_as(m.hotkey).serve_axon(host, port)
+            self.view.rows[m.uid] = MinerRow(m.uid, m.hotkey, m.label, f"{host}:{port}")
+        for subject in ("engram.validation.>", "engram.weights.>"):
+            await bus.nc.subscribe(subject, cb=self._on_msg)
+        self.validator = ValidatorNode(
+            vs,
+            cfg.validator_config(),
+            keypair=keypair,
+            embed=batch_model.embed,
+            model_version=batch_model.model_version,
+            handle_signals=False,
+        )
+
+    async def _on_msg(self, msg: Msg) -> None:
+        try:
+            event = decode(msg.data)
+        except Exception:  # not an event of ours (an ack, a KV update): not for the view
+            return
+        before = len(self.view.epochs)
+        self.view.apply(event)
+        if self.config.epochs is not None and len(self.view.epochs) >= self.config.epochs:
+            if before < self.config.epochs:
+                log.info("epochs reached; stopping", epochs=self.view.epochs)
+            self._stop.set()
+        if self.on_change is not None:
+            self.on_change(self.view)
+
+    # --- run ------------------------------------------------------------------------------
+
+    async def _refresh(self) -> None:
+        """Replica counts come from the validator's projection, not from events."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.validator is not None and self.validator.chain is not None:
+                with contextlib.suppress(Exception):
+                    report = await self.validator.report()
+                    self.view.replication = dict(report.get("replication") or {})
+                    if self.on_change is not None:
+                        self.on_change(self.view)
+
+    async def run(self, *, handle_signals: bool = True) -> dict[str, Any]:
+        """Start everything, run until :meth:`stop`, a signal or ``epochs``; stop it all and
+        return the result (``weights``, ``audit_ok``, ``replication``, ...)."""
+        temp = self.config.data_dir is None
+        self.root = Path(tempfile.mkdtemp(prefix="engram-devnet-")) if temp else None
+        if not temp:
+            assert self.config.data_dir is not None
+            self.root = self.config.data_dir.expanduser()
+            self.root.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+        for sig in signals:
+            loop.add_signal_handler(sig, self.stop)
+        refresher: asyncio.Task[None] | None = None
+        task: asyncio.Task[None] | None = None
+        try:
+            starting = asyncio.create_task(self._start())
+            stopped = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():  # stopped while starting
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                raise asyncio.CancelledError
+            starting.result()
+            assert self.validator is not None
+            task = asyncio.create_task(self.validator.run(), name="validator")
+            refresher = asyncio.create_task(self._refresh(), name="devnet-refresh")
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if task.done():  # the validator ended by itself: that is a failure
+                task.result()
+                raise InputError("the validator stopped")
+            with contextlib.suppress(Exception):
+                report = await self.validator.report()
+                self.view.replication = dict(report.get("replication") or {})
+            self.validator.stop()
+            await asyncio.wait_for(task, 60)
+            await self._audit()
+            return self.result()
+        finally:
+            if refresher is not None:
+                refresher.cancel()
+            if task is not None and not task.done():
+                assert self.validator is not None
+                self.validator.stop()
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(task, 30)
+            await self._shutdown()
+            for sig in signals:
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+            if temp and self.root is not None:
+                shutil.rmtree(self.root, ignore_errors=True)
+
+    async def _audit(self) -> None:
+        assert self.bus is not None and self.validator is not None
+        assert self.validator.keypair is not None
+        report = await audit(self.bus.js, validator=self.validator.keypair.ss58_address)
+        self.audit_ok = report.ok
+        self.audit_problems = list(report.score_mismatches) + [
+            f"epoch {e.epoch}: {e.problem}" for e in report.epochs if not e.ok
+        ]
+
+    async def _shutdown(self) -> None:
+        for m in self.members:
+            if m.proxy is not None:
+                with contextlib.suppress(Exception):
+                    await m.proxy.stop()
+        nodes = [m.node for m in self.members if m.node is not None]
+        results = await asyncio.gather(*(n.stop() for n in nodes), return_exceptions=True)
+        for n, r in zip(nodes, results, strict=True):
+            if isinstance(r, BaseException):
+                log.warning("miner stop failed", node=n.settings.node_id, error=repr(r))
+                if n.bus is not None and n.bus.server is not None:
+                    n.bus.server.stop()
+        if self.bus is not None:
+            with contextlib.suppress(Exception):
+                await self.bus.close()
+        if self.server is not None:
+            self.server.stop()
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "weights": self.view.weights(),
+            "audit_ok": self.audit_ok,
+            "audit_problems": self.audit_problems,
+            "replication": self.view.replication,
+            "epochs": self.view.epochs,
+            "events": self.view.events,
+        }
