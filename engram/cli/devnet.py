@@ -88,7 +88,7 @@ def devnet(
         sys.exit(130)
     result["seconds"] = round(time.monotonic() - started, 1)
     console.print(
-        f"audit: {'OK' if result['audit_ok'] else 'FAILED'} · epochs {result['epochs']} · "
+        f"\naudit: {'OK' if result['audit_ok'] else 'FAILED'} · epochs {result['epochs']} · "
         f"{result['seconds']} s"
     )
     if as_json:

@@ -29,6 +29,8 @@ class MinerRow:
     reason: str = ""
     weight: float | None = None  # in the last weight set the chain accepted
     held: dict[str, bool] = field(default_factory=dict)  # cid -> last verdict passed
+    recall_max: float | None = None  # the best round seen
+    failures: dict[str, int] = field(default_factory=dict)  # proof failure reason -> count
 
     @property
     def replicas_ok(self) -> int:
@@ -52,12 +54,16 @@ class DevnetView:
         if isinstance(event, RecallSampled):
             if (row := self.rows.get(event.miner_uid)) is not None:
                 row.recall = event.recall_at_10
+                row.recall_max = max(row.recall_max or 0.0, event.recall_at_10)
                 row.latency_ms = event.latency_ms
         elif isinstance(event, ProofVerified):
             if (row := self.rows.get(event.miner_uid)) is not None and not event.void:
                 row.proofs += 1
                 row.passed += event.passed
                 row.held[event.cid] = event.passed
+                if not event.passed:
+                    reason = event.reason[:80]
+                    row.failures[reason] = row.failures.get(reason, 0) + 1
         elif isinstance(event, ScoreUpdated):
             if (row := self.rows.get(event.miner_uid)) is not None:
                 row.score, row.slashed, row.reason = event.ema, event.slashed, event.reason
@@ -85,6 +91,8 @@ class DevnetView:
                 "proofs": r.proofs,
                 "score": r.score,
                 "slashed": r.slashed,
+                "recall_max": r.recall_max,
+                "proof_failures": r.failures,
             }
             for r in sorted(self.rows.values(), key=lambda r: r.uid)
         }
