@@ -18,8 +18,9 @@ __all__ = ["devnet", "register"]
 
 
 @click.command("devnet")
-@click.option("--miners", type=click.IntRange(min=0), default=3, show_default=True,
-              help="Honest miners.")  # fmt: skip
+@click.option(
+    "--miners", type=click.IntRange(min=0), default=3, show_default=True, help="Honest miners."
+)
 @click.option(
     "--adversary",
     "adversaries",
@@ -27,13 +28,27 @@ __all__ = ["devnet", "register"]
     type=click.Choice(["hash-only", "lossy", "slow", "wrong", "copycat"]),
     help="Add one misbehaving miner of this kind (repeatable).",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Exit by itself after this many weight epochs.")  # fmt: skip
-@click.option("--fast", is_flag=True, help="Seconds-scale cadences (evaluation, challenges, weights).")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON object last on stdout (weights, audit_ok, replication).")  # fmt: skip
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="Keep state here (default: a temporary dir removed at exit).")  # fmt: skip
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Exit by itself after this many weight epochs.",
+)
+@click.option(
+    "--fast", is_flag=True, help="Seconds-scale cadences (evaluation, challenges, weights)."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object last on stdout (weights, audit_ok, replication).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Keep state here (default: a temporary dir removed at exit).",
+)
 @click.pass_context
 def devnet(
     ctx: click.Context,

@@ -87,10 +87,8 @@ class AdversaryProxy:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        if self.port == 0:
-            server = site._server  # noqa: SLF001 - aiohttp keeps the bound socket there
-            assert isinstance(server, asyncio.AbstractServer)
-            self.port = server.sockets[0].getsockname()[1]
+        if self.port == 0:  # a free port was chosen: the runner knows which
+            self.port = int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
         if self._runner is not None:

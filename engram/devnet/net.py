@@ -139,7 +139,9 @@ class Devnet:
     ) -> Member:
         s = self._settings(name, None)  # its own embedded nats-server
         hotkey = (await asyncio.to_thread(miner_keypair, s)).ss58_address
-        node = MinerNode(s, port=0, ingest_wait_s=15.0, query_embedder=models[0], embedder=models[1])
+        node = MinerNode(
+            s, port=0, ingest_wait_s=15.0, query_embedder=models[0], embedder=models[1]
+        )
         member = Member(label, hotkey, node=node)
         self.members.append(member)  # before start: a failed start is still stopped
         await node.start()

@@ -150,7 +150,9 @@ class MinerNode:
         self.bus = bus = await open_bus(s)
         self.guard = BusGuard(bus)
         self._tasks.append(asyncio.create_task(self.guard.run(self._stop), name="bus-guard"))
-        query_embedder = self.query_embedder or await asyncio.to_thread(load_embedder, s, "query")
+        query_embedder = self.query_embedder
+        if query_embedder is None:
+            query_embedder = await asyncio.to_thread(load_embedder, s, "query")
         self.store = await asyncio.to_thread(open_store, s, query_embedder.dim)
         self.runner = StoreRunner(
             bus.js,
@@ -164,7 +166,9 @@ class MinerNode:
         log.info("store ready", memories=len(self.store), replayed=n, seq=self.store.applied_seq)
         self._tasks.append(asyncio.create_task(self.runner.run(), name="store-projection"))
         if self.embed_in_process:
-            embedder = self.embedder or await asyncio.to_thread(load_embedder, s, "embed")
+            embedder = self.embedder
+            if embedder is None:
+                embedder = await asyncio.to_thread(load_embedder, s, "embed")
             self.worker, self.handler = _embed_worker(bus, s, embedder)
             self._tasks.append(asyncio.create_task(self.worker.run(), name="embed-worker"))
         if self.worker_processes:
