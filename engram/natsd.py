@@ -213,6 +213,10 @@ class EmbeddedNats:
                 preexec_fn=set_parent_death_signal
                 if self.tie_to_parent and sys.platform == "linux"
                 else None,
+                # a server tied to its parent is stopped by it, not by a terminal's Ctrl-C
+                # (sent to the whole foreground group): the parent still needs its bus to
+                # stop cleanly (the devnet audits its log after Ctrl-C)
+                process_group=0 if self.tie_to_parent and sys.platform != "win32" else None,
             )
         finally:
             log.close()
