@@ -17,6 +17,19 @@ from engram.log import configure_logging
 __all__ = ["devnet", "register"]
 
 
+class _Stderr:
+    """``sys.stderr`` as it is when written to (rich's Live replaces it while it runs)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.__stderr__ is not None and sys.__stderr__.isatty()
+
+
 @click.command("devnet")
 @click.option(
     "--miners", type=click.IntRange(min=0), default=3, show_default=True, help="Honest miners."
@@ -67,8 +80,11 @@ def devnet(
     from engram.devnet.view import render
 
     obj = ctx.ensure_object(dict)
-    # the table is the interface: logs only for warnings unless asked
-    configure_logging(obj.get("log_level") or "warning", obj.get("log_format") or "auto")
+    # the table is the interface: logs only for warnings unless asked, written through
+    # whatever sys.stderr is at the time, so the live display prints them above the table
+    configure_logging(
+        obj.get("log_level") or "warning", obj.get("log_format") or "auto", stream=_Stderr()
+    )
     config = DevnetConfig(
         miners=miners,
         adversaries=adversaries,
@@ -77,6 +93,8 @@ def devnet(
         data_dir=Path(data_dir) if data_dir else None,
     )
     console = Console(stderr=True)
+    if not console.is_terminal:  # a log or a pipe: room for every column
+        console.width = 120
     live = Live(console=console, refresh_per_second=4, transient=False, auto_refresh=True)
     last = [0.0]
 
@@ -99,7 +117,7 @@ def devnet(
     try:
         result = asyncio.run(go())
     except (asyncio.CancelledError, KeyboardInterrupt):
-        console.print("devnet stopped")
+        console.print("\ndevnet stopped while starting")
         sys.exit(130)
     result["seconds"] = round(time.monotonic() - started, 1)
     console.print(

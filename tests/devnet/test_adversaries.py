@@ -30,6 +30,7 @@ async def test_each_adversary_ends_below_every_honest_miner(tmp_path: Path) -> N
     # hash-only: answers every v2 challenge, and every one fails; slashed to 0
     h = rows["hash-only"]
     assert h.proofs >= 5 and h.passed == 0 and h.slashed and h.weight == 0.0, h
+    assert h.failures and all("v2" in reason for reason in h.failures), h.failures
     assert h.recall_max is not None and h.recall_max >= 0.75  # it does answer queries
     # copycat: no recall credit for probes it never stored, ever; no proof passes
     c = rows["copycat"]

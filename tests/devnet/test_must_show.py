@@ -27,6 +27,7 @@ def test_must_show_command_exits_by_itself_with_weights_audit_and_replication() 
     hash_only = adversaries["hash-only"]
     assert hash_only["weight"] == 0.0 and hash_only["slashed"], hash_only
     assert hash_only["proofs"] >= 5 and hash_only["proofs_passed"] == 0
+    assert hash_only["proof_failures"] and all("v2" in r for r in hash_only["proof_failures"])
     # every honest miner above every adversary; the honest hold most of the weight
     assert min(honest) > max(a["weight"] for a in adversaries.values()), weights
     assert sum(honest) > 0.7, weights
