@@ -44,13 +44,18 @@ from engram.natsd import EmbeddedNats
 from engram.validator.audit import audit
 from engram.validator.config import ValidatorConfig
 from engram.validator.node import ValidatorNode, load_validator_key
-from streams.errors import InputError
+from streams.errors import InputError, Unavailable
 from streams.events import decode
 
 from .adversaries import AdversaryProxy, check_kind
 from .view import DevnetView, MinerRow
 
-__all__ = ["Devnet", "DevnetConfig"]
+__all__ = ["Devnet", "DevnetConfig", "DevnetFailed"]
+
+
+class DevnetFailed(Unavailable):
+    """A part of the devnet stopped by itself (the validator ended without being asked)."""
+
 
 log = structlog.get_logger("engram.devnet")
 
@@ -219,11 +224,14 @@ class Devnet:
         while True:
             await asyncio.sleep(1.0)
             if self.validator is not None and self.validator.chain is not None:
-                with contextlib.suppress(Exception):
+                try:
                     report = await self.validator.report()
-                    self.view.replication = dict(report.get("replication") or {})
-                    if self.on_change is not None:
-                        self.on_change(self.view)
+                except Exception as exc:  # the chain or projection not ready: next second
+                    log.debug("no report yet", error=repr(exc))
+                    continue
+                self.view.replication = dict(report.get("replication") or {})
+                if self.on_change is not None:
+                    self.on_change(self.view)
 
     async def run(self, *, handle_signals: bool = True) -> dict[str, Any]:
         """Start everything, run until :meth:`stop`, a signal or ``epochs``; stop it all and
@@ -256,7 +264,7 @@ class Devnet:
             stopped.cancel()
             if task.done():  # the validator ended by itself: that is a failure
                 task.result()
-                raise InputError("the validator stopped")
+                raise DevnetFailed("the validator stopped by itself")
             with contextlib.suppress(Exception):
                 report = await self.validator.report()
                 self.view.replication = dict(report.get("replication") or {})

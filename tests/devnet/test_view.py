@@ -63,3 +63,13 @@ def test_config_refuses_what_cannot_run() -> None:
         DevnetConfig(miners=0, adversaries=("copycat",))
     with pytest.raises(InputError):
         DevnetConfig(miners=0)
+
+
+def test_the_command_offers_every_adversary_kind() -> None:
+    import click
+
+    from engram.cli.devnet import devnet
+    from engram.devnet.adversaries import KINDS
+
+    (opt,) = [p for p in devnet.params if p.name == "adversaries"]
+    assert isinstance(opt.type, click.Choice) and tuple(opt.type.choices) == KINDS
