@@ -4,13 +4,23 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
-from .helpers import devnet_cmd, run
+from .helpers import devnet_cmd, env
 
 
-def test_must_show_command_exits_by_itself_with_weights_audit_and_replication() -> None:
+def test_must_show_command_exits_by_itself_with_weights_audit_and_replication(
+    tmp_path: Path,
+) -> None:
     args = ["--miners", "3", "--adversary", "hash-only", "--adversary", "slow"]
-    proc = run(devnet_cmd(*args, "--epochs", "2", "--fast", "--json"), timeout=240)
+    proc = subprocess.run(
+        devnet_cmd(*args, "--epochs", "2", "--fast", "--json"),
+        env=dict(env(), TMPDIR=str(tmp_path)),  # where its temporary data dir goes
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1, proc.stdout[-2000:]  # nothing else on stdout
@@ -37,3 +47,4 @@ def test_must_show_command_exits_by_itself_with_weights_audit_and_replication() 
     assert set(out["replication"]) == {"HEALTHY", "DEGRADED", "CRITICAL", "LOST"}
     assert sum(out["replication"].values()) > 0
     assert len(out["epochs"]) == 2
+    assert list(tmp_path.iterdir()) == []  # the temporary data dir is gone
