@@ -47,4 +47,4 @@ def test_must_show_command_exits_by_itself_with_weights_audit_and_replication(
     assert set(out["replication"]) == {"HEALTHY", "DEGRADED", "CRITICAL", "LOST"}
     assert sum(out["replication"].values()) > 0
     assert len(out["epochs"]) == 2
-    assert list(tmp_path.iterdir()) == []  # the temporary data dir is gone
+    assert not list(tmp_path.glob("engram-devnet-*"))  # its temporary data dir is gone
