@@ -7,8 +7,9 @@ the model is registered with fastembed as a custom model loaded from that folder
 nothing is ever downloaded. A hub model name (any fastembed-supported model) may be
 configured instead; that one is fetched by fastembed when the machine is online.
 
-Loading a model is heavy (~100 MB RSS, ~1 s), so :func:`get_embedder` keeps one per
-process and configuration.
+Loading a model is heavy (~100 MiB RSS, ~1 s), so :func:`get_embedder` keeps one per
+process and configuration, and the miner's queries and batches share it (see
+:class:`Embedder`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ __all__ = [
     "EmbedderError",
     "default_sessions",
     "get_embedder",
+    "limit_malloc_arenas",
     "packaged_model_dir",
+    "trim_memory",
 ]
 
 #: The name users configure for the packaged offline model.
@@ -132,45 +135,111 @@ def _register_packaged() -> None:
 
 
 def default_sessions() -> int:
-    """ONNX sessions for batch embedding: one single-threaded session per core (up to 4).
-    On 2 cores two 1-thread sessions embed ~12% faster than one 2-thread session, and far
+    """Parallel lanes for batch embedding: one single-threaded lane per core (up to 4).
+    On 2 cores two 1-thread lanes embed ~12% faster than one 2-thread session, and far
     better while the rest of the pipeline wants the CPU too: an intra-op parallel section
     waits for its slowest thread, so one busy core stalls every operator."""
     return max(1, min(os.cpu_count() or 1, 4))
 
 
+#: A window of at least twice this many texts is split across every lane (a model batch
+#: of fewer texts costs more in per-call overhead than the second core gains).
+MIN_SPLIT = 8
+#: How long batch lanes hold back a new model batch while a query is embedded.
+QUERY_YIELD_S = 0.05
+#: Free memory back to the OS (``malloc_trim``) after this many embedded texts.
+TRIM_EVERY = 2048
+
+_M_ARENA_MAX = -8  # glibc mallopt parameter
+_libc: Any = None
+_malloc_tuned = False
+
+
+def _glibc() -> Any:
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+
+            lib = ctypes.CDLL("libc.so.6")
+            lib.mallopt  # noqa: B018  # glibc only
+            lib.malloc_trim  # noqa: B018
+            _libc = lib
+        except (OSError, AttributeError):
+            _libc = False
+    return _libc
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas (``MALLOC_ARENA_MAX``) for threads that start from now on.
+    glibc gives each thread that allocates its own 64 MiB arena (up to 8 per core), and
+    an arena keeps its peak: the embed lanes, the asyncio executor and NATS threads each
+    held on to a batch's worth of freed tensors. A no-op off glibc."""
+    global _malloc_tuned
+    lib = _glibc()
+    if lib and not _malloc_tuned:
+        lib.mallopt(_M_ARENA_MAX, arenas)
+        _malloc_tuned = True
+
+
+def trim_memory() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``); a no-op elsewhere."""
+    lib = _glibc()
+    if lib:
+        lib.malloc_trim(0)
+
+
 class Embedder:
-    """One loaded embedding model, as ``sessions`` ONNX sessions that embed model batches in
-    parallel (``threads`` ONNX threads each; ``None`` = onnxruntime's default). ``embed`` is
-    thread-safe but CPU-bound: call it from a worker thread (``asyncio.to_thread``) in
-    async code."""
+    """One loaded embedding model: a single ONNX session (its weights are loaded once,
+    ~100 MiB) run by ``lanes`` threads at a time. onnxruntime's ``run`` is thread-safe and,
+    with one intra-op thread, computes on the calling thread: ``lanes`` concurrent calls
+    use ``lanes`` cores without a second copy of the model (a second session cost another
+    ~100-160 MiB). The onnxruntime memory arena is off: it kept the peak of the largest
+    batch ever seen (~900 MiB after one batch of 256-token texts) for no measurable speed.
+
+    ``embed`` (batches) runs on the lanes' threads; ``embed_one`` (queries) on the caller's
+    thread, and while one runs the lanes start no new model batch (for at most
+    ``QUERY_YIELD_S``): a query waits for at most the batches already on the CPU, not for
+    a whole window. Both are thread-safe and CPU-bound: call them from a worker thread
+    (``asyncio.to_thread``) in async code."""
 
     def __init__(
         self,
         model: str = DEFAULT_MODEL,
         *,
         cache_dir: str | os.PathLike[str] | None = None,
-        threads: int | None = None,
+        threads: int | None = 1,
         batch_size: int = 64,
-        sessions: int = 1,
+        lanes: int = 1,
     ) -> None:
         cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "engram"
+        limit_malloc_arenas()
         self.batch_size = batch_size
-        self.sessions = max(1, sessions)
-        self._models = [self._load(model, cache, threads) for _ in range(self.sessions)]
-        self._locks = [threading.Lock() for _ in self._models]
-        self._model = self._models[0]
+        self.lanes = max(1, lanes)
+        #: texts embedded by each lane (by ``embed``), for stats and tests
+        self.lane_texts = [0] * self.lanes
+        #: the fastembed ``TextEmbedding`` (public for baselines; use ``embed`` otherwise)
+        self.model = self._load(model, cache, threads, enable_cpu_mem_arena=False)
         self._pool = (
-            ThreadPoolExecutor(self.sessions, thread_name_prefix="embed")
-            if self.sessions > 1
-            else None
+            ThreadPoolExecutor(self.lanes, thread_name_prefix="embed") if self.lanes > 1 else None
         )
-        self.dim = int(self._model.embedding_size)
+        self._stats_lock = threading.Lock()
+        self._queries = 0  # embed_one calls in flight
+        self._no_queries = threading.Event()
+        self._no_queries.set()
+        self._since_trim = 0
+        self.dim = int(self.model.embedding_size)
+        trim_memory()  # graph optimisation leaves ~60 MiB of freed protobuf behind
 
-    def _load(self, model: str, cache: Path, threads: int | None) -> Any:
+    @property
+    def sessions(self) -> int:
+        """Model batches embedded at once (the lanes); kept for older callers."""
+        return self.lanes
+
+    def _load(self, model: str, cache: Path, threads: int | None, **options: Any) -> Any:
         from fastembed import TextEmbedding
 
-        kwargs: dict[str, Any] = {"threads": threads}
+        kwargs: dict[str, Any] = {"threads": threads, **options}
         if model in (DEFAULT_MODEL, DEFAULT_MODEL_VERSION, _CUSTOM_NAME):
             _register_packaged()
             folder = packaged_model_dir(cache)
@@ -187,47 +256,82 @@ class Embedder:
         except Exception as exc:
             raise EmbedderError(f"cannot load embedding model {model!r}: {exc}") from exc
 
+    def split_size(self, n: int, batch_size: int | None = None) -> int:
+        """The model batch size ``embed`` uses for ``n`` texts: at most ``batch_size``, and
+        small enough that a window of ``2 * MIN_SPLIT`` texts or more gives every lane a
+        batch (64 texts at batch 64 on 2 lanes: two batches of 32, not one)."""
+        bs = max(1, batch_size or self.batch_size)
+        if self.lanes > 1 and n >= 2 * MIN_SPLIT:
+            bs = min(bs, max(MIN_SPLIT, -(-n // self.lanes)))
+        return bs
+
     def embed(self, texts: Sequence[str], batch_size: int | None = None) -> Matrix:
         """Embed ``texts`` → ``(len(texts), dim)`` float32, rows unit-normalised, in input
         order. Texts are sorted by length before batching: padding to the longest text in
-        a batch dominates the cost (MEASURED.md). The batches go to the sessions as each
-        one frees up."""
+        a batch dominates the cost (MEASURED.md). The batches go to the lanes as each one
+        frees up; every lane gets work once there are ``2 * MIN_SPLIT`` texts."""
         n = len(texts)
         if n == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        bs = batch_size or self.batch_size
+        bs = self.split_size(n, batch_size)
         order = sorted(range(n), key=lambda i: len(texts[i]))
         batches = [order[start : start + bs] for start in range(0, n, bs)]
         out = np.empty((n, self.dim), dtype=np.float32)
         todo = iter(batches)
         todo_lock = threading.Lock()
+        model = self.model
 
-        def drain(k: int) -> None:
-            model, lock = self._models[k], self._locks[k]
+        def drain(lane: int) -> None:
+            done = 0
             while True:
+                self._no_queries.wait(QUERY_YIELD_S)  # a query in flight goes first
                 with todo_lock:
                     idx = next(todo, None)
                 if idx is None:
-                    return
+                    break
                 chunk = [texts[i] for i in idx]
-                with lock:
-                    vecs = np.asarray(list(model.embed(chunk, batch_size=len(chunk))))
-                out[idx] = vecs.astype(np.float32, copy=False)
+                for row, vec in zip(idx, model.embed(chunk, batch_size=len(chunk)), strict=True):
+                    out[row] = vec
+                done += len(idx)
+            with self._stats_lock:
+                self.lane_texts[lane] += done
 
-        if self._pool is None or len(batches) == 1:
+        if self._pool is None:
             drain(0)
         else:
-            futs = [self._pool.submit(drain, k) for k in range(min(self.sessions, len(batches)))]
+            futs = [self._pool.submit(drain, k) for k in range(min(self.lanes, len(batches)))]
             for f in futs:
                 f.result()
         # fastembed normalises already; renormalise in float32 so |v| == 1 to f32 precision
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, np.maximum(norms, 1e-12), out=out)
+        self._count_for_trim(n)
         return out
 
     def embed_one(self, text: str) -> npt.NDArray[np.float32]:
-        row: npt.NDArray[np.float32] = self.embed([text])[0]
+        """One text, on the calling thread (no hop to a lane; the query path)."""
+        with self._stats_lock:
+            self._queries += 1
+            self._no_queries.clear()
+        try:
+            (vec,) = self.model.embed([text], batch_size=1)
+        finally:
+            with self._stats_lock:
+                self._queries -= 1
+                if self._queries == 0:
+                    self._no_queries.set()
+        row = np.asarray(vec, dtype=np.float32)
+        row /= max(float(np.linalg.norm(row)), 1e-12)
         return row
+
+    def _count_for_trim(self, n: int) -> None:
+        with self._stats_lock:
+            self._since_trim += n
+            due = self._since_trim >= TRIM_EVERY
+            if due:
+                self._since_trim = 0
+        if due:
+            trim_memory()
 
 
 _instances: dict[tuple[str, str, int | None, int, int], Embedder] = {}
@@ -238,12 +342,12 @@ def get_embedder(
     model: str = DEFAULT_MODEL,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
-    threads: int | None = None,
+    threads: int | None = 1,
     batch_size: int = 64,
-    sessions: int = 1,
+    lanes: int = 1,
 ) -> Embedder:
     """The process-wide :class:`Embedder` for this configuration (loaded on first use)."""
-    key = (model, str(cache_dir or ""), threads, batch_size, sessions)
+    key = (model, str(cache_dir or ""), threads, batch_size, lanes)
     with _instances_lock:
         emb = _instances.get(key)
         if emb is None:
@@ -252,7 +356,7 @@ def get_embedder(
                 cache_dir=cache_dir,
                 threads=threads,
                 batch_size=batch_size,
-                sessions=sessions,
+                lanes=lanes,
             )
             _instances[key] = emb
         return emb

@@ -126,7 +126,7 @@ class EmbedHandler:
         todo = self._take_waiting(group)
         size = len(todo)
         bs = max(self.embedder.batch_size, 1)
-        step = bs * self.embedder.sessions  # one model batch per ONNX session at a time
+        step = bs * self.embedder.lanes  # one model batch per lane at a time
         publishing: asyncio.Task[None] | None = None
         try:
             while todo:
