@@ -147,8 +147,6 @@ def default_sessions() -> int:
 MIN_SPLIT = 8
 #: How long batch lanes hold back a new model batch while a query is embedded.
 QUERY_YIELD_S = 0.05
-#: Free memory back to the OS (``malloc_trim``) after this many embedded texts.
-TRIM_EVERY = 2048
 
 _M_ARENA_MAX = -8  # glibc mallopt parameter
 _libc: Any = None
@@ -227,7 +225,6 @@ class Embedder:
         self._queries = 0  # embed_one calls in flight
         self._no_queries = threading.Event()
         self._no_queries.set()
-        self._since_trim = 0
         self.dim = int(self.model.embedding_size)
         trim_memory()  # graph optimisation leaves ~60 MiB of freed protobuf behind
 
@@ -305,7 +302,6 @@ class Embedder:
         # fastembed normalises already; renormalise in float32 so |v| == 1 to f32 precision
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, np.maximum(norms, 1e-12), out=out)
-        self._count_for_trim(n)
         return out
 
     def embed_one(self, text: str) -> npt.NDArray[np.float32]:
@@ -323,15 +319,6 @@ class Embedder:
         row = np.asarray(vec, dtype=np.float32)
         row /= max(float(np.linalg.norm(row)), 1e-12)
         return row
-
-    def _count_for_trim(self, n: int) -> None:
-        with self._stats_lock:
-            self._since_trim += n
-            due = self._since_trim >= TRIM_EVERY
-            if due:
-                self._since_trim = 0
-        if due:
-            trim_memory()
 
 
 _instances: dict[tuple[str, str, int | None, int, int], Embedder] = {}
