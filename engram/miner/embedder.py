@@ -39,6 +39,7 @@ __all__ = [
     "get_embedder",
     "limit_malloc_arenas",
     "packaged_model_dir",
+    "split_batch_size",
     "trim_memory",
 ]
 
@@ -187,6 +188,17 @@ def trim_memory() -> None:
         lib.malloc_trim(0)
 
 
+def split_batch_size(n: int, batch_size: int, lanes: int) -> int:
+    """The model batch size for a window of ``n`` texts on ``lanes`` lanes: at most
+    ``batch_size``, and small enough that a window of ``2 * MIN_SPLIT`` texts or more gives
+    every lane a batch (64 texts at batch 64 on 2 lanes: two batches of 32, not one batch
+    on one core while the other idles)."""
+    bs = max(1, batch_size)
+    if lanes > 1 and n >= 2 * MIN_SPLIT:
+        bs = min(bs, max(MIN_SPLIT, -(-n // lanes)))
+    return bs
+
+
 class Embedder:
     """One loaded embedding model: a single ONNX session (its weights are loaded once,
     ~100 MiB) run by ``lanes`` threads at a time. onnxruntime's ``run`` is thread-safe and,
@@ -253,15 +265,6 @@ class Embedder:
         except Exception as exc:
             raise EmbedderError(f"cannot load embedding model {model!r}: {exc}") from exc
 
-    def split_size(self, n: int, batch_size: int | None = None) -> int:
-        """The model batch size ``embed`` uses for ``n`` texts: at most ``batch_size``, and
-        small enough that a window of ``2 * MIN_SPLIT`` texts or more gives every lane a
-        batch (64 texts at batch 64 on 2 lanes: two batches of 32, not one)."""
-        bs = max(1, batch_size or self.batch_size)
-        if self.lanes > 1 and n >= 2 * MIN_SPLIT:
-            bs = min(bs, max(MIN_SPLIT, -(-n // self.lanes)))
-        return bs
-
     def embed(self, texts: Sequence[str], batch_size: int | None = None) -> Matrix:
         """Embed ``texts`` → ``(len(texts), dim)`` float32, rows unit-normalised, in input
         order. Texts are sorted by length before batching: padding to the longest text in
@@ -270,33 +273,33 @@ class Embedder:
         n = len(texts)
         if n == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        bs = self.split_size(n, batch_size)
+        bs = split_batch_size(n, batch_size or self.batch_size, self.lanes)
         order = sorted(range(n), key=lambda i: len(texts[i]))
         batches = [order[start : start + bs] for start in range(0, n, bs)]
         out = np.empty((n, self.dim), dtype=np.float32)
-        todo = iter(batches)
+        used = min(self.lanes, len(batches))
+        todo = iter(batches[used:])  # lane k starts with batch k, then takes what is left
         todo_lock = threading.Lock()
         model = self.model
 
         def drain(lane: int) -> None:
             done = 0
-            while True:
-                self._no_queries.wait(QUERY_YIELD_S)  # a query in flight goes first
-                with todo_lock:
-                    idx = next(todo, None)
-                if idx is None:
-                    break
+            idx: list[int] | None = batches[lane]
+            while idx is not None:
                 chunk = [texts[i] for i in idx]
                 for row, vec in zip(idx, model.embed(chunk, batch_size=len(chunk)), strict=True):
                     out[row] = vec
                 done += len(idx)
+                self._no_queries.wait(QUERY_YIELD_S)  # a query in flight goes first
+                with todo_lock:
+                    idx = next(todo, None)
             with self._stats_lock:
                 self.lane_texts[lane] += done
 
         if self._pool is None:
             drain(0)
         else:
-            futs = [self._pool.submit(drain, k) for k in range(min(self.lanes, len(batches)))]
+            futs = [self._pool.submit(drain, k) for k in range(used)]
             for f in futs:
                 f.result()
         # fastembed normalises already; renormalise in float32 so |v| == 1 to f32 precision

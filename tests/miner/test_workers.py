@@ -1,0 +1,31 @@
+"""The embed worker inside a real miner node: how it uses the model and the cores."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from engram.miner.node import MinerNode, load_embedder
+
+
+async def test_queries_and_batches_share_one_model(node: MinerNode):
+    assert node.axon is not None and node.handler is not None
+    assert node.axon.embedder is node.handler.embedder
+    assert load_embedder(node.settings, "query") is load_embedder(node.settings, "embed")
+
+
+async def test_an_ingest_batch_of_64_runs_on_every_lane(
+    node: MinerNode, http: aiohttp.ClientSession
+):
+    assert node.handler is not None
+    emb = node.handler.embedder
+    before = list(emb.lane_texts)
+    items = [
+        {"text": f"definition {i}: a thing that is {'very ' * (i % 7)}small"} for i in range(64)
+    ]
+    async with http.post("/IngestBatch", json={"items": items, "timeout_s": 30}) as r:
+        body = await r.json()
+    assert r.status == 200, body
+    assert all(x["status"] == "stored" for x in body["results"])
+    done = [a - b for a, b in zip(emb.lane_texts, before, strict=True)]
+    assert sum(done) == 64
+    assert all(d > 0 for d in done), done  # every core embedded part of the one request
