@@ -18,7 +18,8 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -148,6 +149,9 @@ def default_sessions() -> int:
 MIN_SPLIT = 8
 #: How long batch lanes hold back a new model batch while a query is embedded.
 QUERY_YIELD_S = 0.05
+#: After a query, lanes other than the first start no new model batch for this long: under
+#: a steady query load, queries keep a core and batches go on with the others.
+QUERY_HOLD_S = 0.1
 
 _M_ARENA_MAX = -8  # glibc mallopt parameter
 _libc: Any = None
@@ -209,9 +213,10 @@ class Embedder:
 
     ``embed`` (batches) runs on the lanes' threads; ``embed_one`` (queries) on the caller's
     thread, and while one runs the lanes start no new model batch (for at most
-    ``QUERY_YIELD_S``): a query waits for at most the batches already on the CPU, not for
-    a whole window. Both are thread-safe and CPU-bound: call them from a worker thread
-    (``asyncio.to_thread``) in async code."""
+    ``QUERY_YIELD_S``), and for ``QUERY_HOLD_S`` after one only the first lane does: a
+    query competes with the batches already on the CPU, never with a whole window, and a
+    steady query load keeps a core of its own. Both are thread-safe and CPU-bound: call
+    them from a worker thread (``asyncio.to_thread``) in async code."""
 
     def __init__(
         self,
@@ -237,6 +242,7 @@ class Embedder:
         self._queries = 0  # embed_one calls in flight
         self._no_queries = threading.Event()
         self._no_queries.set()
+        self._last_query = 0.0  # time.monotonic() when the last embed_one ended
         self.dim = int(self.model.embedding_size)
         trim_memory()  # graph optimisation leaves ~60 MiB of freed protobuf behind
 
@@ -278,9 +284,16 @@ class Embedder:
         batches = [order[start : start + bs] for start in range(0, n, bs)]
         out = np.empty((n, self.dim), dtype=np.float32)
         used = min(self.lanes, len(batches))
-        todo = iter(batches[used:])  # lane k starts with batch k, then takes what is left
+        taken = [used]  # lane k starts with batch k, then takes the next one left
         todo_lock = threading.Lock()
         model = self.model
+
+        def take() -> list[int] | None:
+            with todo_lock:
+                if taken[0] >= len(batches):
+                    return None
+                taken[0] += 1
+                return batches[taken[0] - 1]
 
         def drain(lane: int) -> None:
             done = 0
@@ -290,9 +303,8 @@ class Embedder:
                 for row, vec in zip(idx, model.embed(chunk, batch_size=len(chunk)), strict=True):
                     out[row] = vec
                 done += len(idx)
-                self._no_queries.wait(QUERY_YIELD_S)  # a query in flight goes first
-                with todo_lock:
-                    idx = next(todo, None)
+                self._yield_to_queries(lane, lambda: taken[0] < len(batches))
+                idx = take()
             with self._stats_lock:
                 self.lane_texts[lane] += done
 
@@ -307,6 +319,16 @@ class Embedder:
         np.divide(out, np.maximum(norms, 1e-12), out=out)
         return out
 
+    def _yield_to_queries(self, lane: int, work_left: Callable[[], bool]) -> None:
+        """Between model batches: wait (at most ``QUERY_YIELD_S``) while a query embeds;
+        lanes other than the first also hold while queries came in the last
+        ``QUERY_HOLD_S`` and lane 0 has work left, so a steady query load keeps a core."""
+        self._no_queries.wait(QUERY_YIELD_S)
+        if lane == 0:
+            return
+        while work_left() and (self._queries or time.monotonic() - self._last_query < QUERY_HOLD_S):
+            time.sleep(0.005)
+
     def embed_one(self, text: str) -> npt.NDArray[np.float32]:
         """One text, on the calling thread (no hop to a lane; the query path)."""
         with self._stats_lock:
@@ -317,6 +339,7 @@ class Embedder:
         finally:
             with self._stats_lock:
                 self._queries -= 1
+                self._last_query = time.monotonic()
                 if self._queries == 0:
                     self._no_queries.set()
         row = np.asarray(vec, dtype=np.float32)

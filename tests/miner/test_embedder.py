@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -110,3 +111,30 @@ def test_queries_and_batches_share_the_model_concurrently(two_lanes: Embedder):
         got = np.stack([f.result() for f in qs])
     np.testing.assert_allclose(together, alone, atol=1e-5)
     np.testing.assert_allclose(got, np.concatenate([alone_q] * 3), atol=1e-5)
+
+
+def test_a_steady_query_load_keeps_a_core(two_lanes: Embedder):
+    """While queries keep coming, only the first lane starts new model batches (the other
+    finishes its first one and holds); the batch still completes, and correctly."""
+    batch = _definitions(320)
+    alone = two_lanes.embed(batch, 16)
+    stop = threading.Event()
+
+    def ask() -> int:
+        n = 0
+        while not stop.is_set():
+            two_lanes.embed_one(f"what is a thing called number {n}?")
+            n += 1
+        return n
+
+    with ThreadPoolExecutor(1) as pool:
+        asking = pool.submit(ask)
+        two_lanes.embed_one("meanwhile the asking thread is running")
+        before = list(two_lanes.lane_texts)
+        got = two_lanes.embed(batch, 16)
+        done = [a - b for a, b in zip(two_lanes.lane_texts, before, strict=True)]
+        stop.set()
+        assert asking.result() > 0
+    np.testing.assert_allclose(got, alone, atol=1e-5)
+    assert sum(done) == 320
+    assert done[1] < done[0] / 2, done  # lane 1: about its first batch only

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import aiohttp
+import msgspec
+import pytest
 
+from engram.config import Settings
 from engram.miner.node import MinerNode, load_embedder
+
+
+@pytest.fixture
+def miner_settings(miner_settings: Settings) -> Settings:
+    """The default model batch (64): a 64-text request fits in one model batch."""
+    return msgspec.structs.replace(miner_settings, embed_batch=64)
 
 
 async def test_queries_and_batches_share_one_model(node: MinerNode):
