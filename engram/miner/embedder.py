@@ -147,6 +147,9 @@ def default_sessions() -> int:
 #: A window of at least twice this many texts is split across every lane (a model batch
 #: of fewer texts costs more in per-call overhead than the second core gains).
 MIN_SPLIT = 8
+#: A small window is cut into about this many model batches per lane (see
+#: ``split_batch_size``); a big one keeps the configured batch size.
+BATCHES_PER_LANE = 4
 #: How long batch lanes hold back a new model batch while a query is embedded.
 QUERY_YIELD_S = 0.05
 #: After a query, lanes other than the first start no new model batch for this long: under
@@ -195,11 +198,13 @@ def trim_memory() -> None:
 def split_batch_size(n: int, batch_size: int, lanes: int) -> int:
     """The model batch size for a window of ``n`` texts on ``lanes`` lanes: at most
     ``batch_size``, and small enough that a window of ``2 * MIN_SPLIT`` texts or more gives
-    every lane a batch (64 texts at batch 64 on 2 lanes: two batches of 32, not one batch
-    on one core while the other idles)."""
+    each lane ``BATCHES_PER_LANE`` batches (64 texts on 2 lanes: eight batches of 8, not
+    one batch on one core while the other idles). Small batches of a small window also pad
+    less (its texts are sorted by length) and even out the lanes' finishing times:
+    measured on 64 definitions, batches of 8 took ~0.55x the time of batches of 32."""
     bs = max(1, batch_size)
     if lanes > 1 and n >= 2 * MIN_SPLIT:
-        bs = min(bs, max(MIN_SPLIT, -(-n // lanes)))
+        bs = min(bs, max(MIN_SPLIT, -(-n // (lanes * BATCHES_PER_LANE))))
     return bs
 
 
