@@ -31,6 +31,7 @@ import numpy.typing as npt
 from streams.errors import EngramError
 
 __all__ = [
+    "BATCHES_PER_LANE",
     "DEFAULT_MODEL",
     "DEFAULT_MODEL_VERSION",
     "DIM",

@@ -20,7 +20,7 @@ from streams.publisher import Publisher
 from streams.topology import ConsumerSpec
 from streams.worker import Delivery, Worker
 
-from .embedder import Embedder, Matrix, trim_memory
+from .embedder import BATCHES_PER_LANE, Embedder, Matrix, trim_memory
 from .limits import check_ingest
 
 __all__ = ["EMBED_CONSUMER", "SORT_WINDOW", "EmbedHandler", "make_embed_worker"]
@@ -138,7 +138,9 @@ class EmbedHandler:
         todo = self._take_waiting(group)
         size = len(todo)
         bs = max(self.embedder.batch_size, 1)
-        step = bs * self.embedder.lanes  # one model batch per lane at a time
+        # a few model batches per lane per step: the embedder keeps the configured batch
+        # size for a step this big (split_batch_size) and cuts only a smaller window finer
+        step = bs * self.embedder.lanes * BATCHES_PER_LANE
         publishing: asyncio.Task[None] | None = None
         try:
             while todo:
