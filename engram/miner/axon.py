@@ -92,6 +92,13 @@ class Axon:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
             registry=reg,
         )
+        self.m_query_stage = Histogram(
+            "engram_axon_query_stage_seconds",
+            "Query time by stage: embed (the text) and search (index + metadata)",
+            ["stage"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=reg,
+        )
         self.m_memories = Gauge("engram_memories", "Memories in the index", registry=reg)
         self.m_seq = Gauge("engram_store_applied_seq", "Last applied MEMORY seq", registry=reg)
 
@@ -255,10 +262,15 @@ class Axon:
         namespace: str,
         flt: dict[str, Any] | None,
     ) -> list[dict[str, Any]]:
+        t0 = time.perf_counter()
         vec = self.embedder.embed_one(text) if text is not None else np.asarray(vector, np.float32)
         if vector is not None:
             vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
+        t1 = time.perf_counter()
         hits = self.store.search(vec, k, namespace=namespace, filter=flt)
+        t2 = time.perf_counter()
+        self.m_query_stage.labels("embed").observe(t1 - t0)
+        self.m_query_stage.labels("search").observe(t2 - t1)
         return [{"cid": h.cid, "score": h.score, "metadata": h.metadata} for h in hits]
 
     async def query(self, request: web.Request) -> web.Response:
