@@ -26,9 +26,10 @@ are never ingested. The benchmark measures, in order:
 * ``batch64_docs_per_s``: ``/IngestBatch`` with 64 texts per request, one request at a
   time, each waiting until its memories are stored;
 * ``raw_embed_sorted_docs_per_s`` (the mean of two runs: right after the pipeline, on the
-  idle miner, and at the very end): the miner's own embedder (the same object the worker used) on every text, sorted by length
-  over the *whole* corpus at once, the strongest baseline, which a streaming worker can
-  only approach; ``raw_embed_docs_per_s`` (last, once the miner has stopped): fastembed
+  idle miner, and at the very end): the miner's own embedder (the same object the worker
+  used) on every text, sorted by length over the *whole* corpus at once, the strongest
+  baseline, which a streaming worker can only approach; ``raw_embed_docs_per_s`` (once
+  the miner has stopped): fastembed
   alone (one session, every core, the pipeline's batch size, arrival order, on the first
   ``RAW_DOCS`` texts); ``pipeline_vs_sorted`` (the headline) and ``pipeline_vs_raw`` are
   the pipeline over each.
