@@ -29,10 +29,9 @@ are never ingested. The benchmark measures, in order:
   idle miner, and at the very end): the miner's own embedder (the same object the worker
   used) on every text, sorted by length over the *whole* corpus at once, the strongest
   baseline, which a streaming worker can only approach; ``raw_embed_docs_per_s`` (once
-  the miner has stopped): fastembed
-  alone (one session, every core, the pipeline's batch size, arrival order, on the first
-  ``RAW_DOCS`` texts); ``pipeline_vs_sorted`` (the headline) and ``pipeline_vs_raw`` are
-  the pipeline over each.
+  the miner has stopped): fastembed alone (one session, every core, the pipeline's batch
+  size, arrival order, on the first ``RAW_DOCS`` texts); ``pipeline_vs_sorted`` (the
+  headline) and ``pipeline_vs_raw`` are the pipeline over each.
 """
 
 from __future__ import annotations
