@@ -71,14 +71,33 @@ if importlib.util.find_spec("engram.bench.ingest") is not None:
         default=None,
         help="Instead: the index alone at this many synthetic clustered vectors.",
     )
+    @click.option("--queries", default=200, show_default=True, help="Held-out query texts.")
+    @click.option(
+        "--corpus",
+        type=click.Choice(["wordnet", "docstrings"]),
+        default="wordnet",
+        show_default=True,
+        help="Real texts: WordNet definitions (package wn) or installed docstrings.",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print only the JSON line on stdout.")
     @click.pass_context
-    def bench_ingest(ctx: click.Context, docs: int, index_scale: int | None, as_json: bool) -> None:
-        """End-to-end miner ingest, recall and query latency on an embedded miner."""
+    def bench_ingest(
+        ctx: click.Context,
+        docs: int,
+        index_scale: int | None,
+        queries: int,
+        corpus: str,
+        as_json: bool,
+    ) -> None:
+        """End-to-end miner ingest, recall, query latency (idle and under ingest), batch
+        ingest and memory on an embedded miner."""
         from engram.bench.ingest import run, run_index_scale
 
         get_settings(ctx)
-        print_json(run_index_scale(index_scale) if index_scale else run(docs=docs))
+        if index_scale:
+            print_json(run_index_scale(index_scale, queries=queries))
+        else:
+            print_json(run(docs=docs, queries=queries, corpus=corpus))
 
 
 if importlib.util.find_spec("engram.validator.bench") is not None:

@@ -93,6 +93,9 @@ _SCOPE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 ANONYMOUS = "anonymous"
 
 
+_QUERY_ENCODER = msgspec.json.Encoder()
+
+
 AXON_KEY: web.AppKey[Axon] = web.AppKey("axon")
 #: a challenge may not expire further ahead than this (a validator issues them for ~60 s)
 MAX_CHALLENGE_AHEAD_S = 3600
@@ -262,6 +265,13 @@ class Axon:
             "Axon request latency",
             ["endpoint"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=reg,
+        )
+        self.m_query_stage = Histogram(
+            "engram_axon_query_stage_seconds",
+            "Query time by stage: embed (the text) and search (index + metadata)",
+            ["stage"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
             registry=reg,
         )
         self.m_memories = Gauge("engram_memories", "Memories in the index", registry=reg)
@@ -498,10 +508,15 @@ class Axon:
         namespace: str,
         flt: dict[str, Any] | None,
     ) -> list[dict[str, Any]]:
+        t0 = time.perf_counter()
         vec = self.embedder.embed_one(text) if text is not None else np.asarray(vector, np.float32)
         if vector is not None:
             vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
+        t1 = time.perf_counter()
         hits = self.store.search(vec, k, namespace=namespace, filter=flt)
+        t2 = time.perf_counter()
+        self.m_query_stage.labels("embed").observe(t1 - t0)
+        self.m_query_stage.labels("search").observe(t2 - t1)
         return [{"cid": h.cid, "score": h.score, "metadata": h.metadata} for h in hits]
 
     async def query(self, request: web.Request) -> web.Response:
@@ -524,17 +539,20 @@ class Axon:
                 reason = check_vector(vector, self.store.dim)
         if reason:
             raise Invalid(reason)
+        # one thread hop for embed + search; the response is encoded by msgspec (~5x
+        # faster than json.dumps for a page of hits with metadata)
         try:
             results = await asyncio.to_thread(self._search, text, vector, top_k, namespace, flt)
         except StoreError as exc:  # e.g. a filter too broad to answer within its bounds
             raise Refused(422, str(exc)) from None
-        return web.json_response(
+        out = _QUERY_ENCODER.encode(
             {
                 "results": results,
                 "latency_ms": round((time.perf_counter() - t0) * 1000, 3),
                 "error": None,
             }
         )
+        return web.Response(body=out, content_type="application/json")
 
     # --- challenges and retrieval ---------------------------------------------------------
 

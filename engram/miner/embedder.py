@@ -8,8 +8,9 @@ nothing is ever downloaded; its ``model.onnx`` is pinned by SHA-256 (:data:`MODE
 and a different file is refused at load. A hub model name (any fastembed-supported model) may be
 configured instead; that one is fetched by fastembed when the machine is online.
 
-Loading a model is heavy (~100 MB RSS, ~1 s), so :func:`get_embedder` keeps one per
-process and configuration.
+Loading a model is heavy (~100 MiB RSS, ~1 s), so :func:`get_embedder` keeps one per
+process and configuration, and the miner's queries and batches share it (see
+:class:`Embedder`).
 
 Two names, kept apart (docs/protocol.md, "Axon"): the *protocol version label*
 (:attr:`Embedder.model_version`, ``"v1"`` for the packaged model, as the seed documents fix
@@ -25,7 +26,8 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -37,6 +39,7 @@ import numpy.typing as npt
 from streams.errors import EngramError
 
 __all__ = [
+    "BATCHES_PER_LANE",
     "DEFAULT_MODEL",
     "DEFAULT_MODEL_ID",
     "DEFAULT_MODEL_VERSION",
@@ -46,7 +49,10 @@ __all__ = [
     "EmbedderError",
     "default_sessions",
     "get_embedder",
+    "limit_malloc_arenas",
     "packaged_model_dir",
+    "split_batch_size",
+    "trim_memory",
     "verify_model_file",
 ]
 
@@ -196,45 +202,129 @@ def _register_packaged() -> None:
 
 
 def default_sessions() -> int:
-    """ONNX sessions for batch embedding: one single-threaded session per core (up to 4).
-    On 2 cores two 1-thread sessions embed ~12% faster than one 2-thread session, and far
+    """Parallel lanes for batch embedding: one single-threaded lane per core (up to 4).
+    On 2 cores two 1-thread lanes embed ~12% faster than one 2-thread session, and far
     better while the rest of the pipeline wants the CPU too: an intra-op parallel section
     waits for its slowest thread, so one busy core stalls every operator."""
     return max(1, min(os.cpu_count() or 1, 4))
 
 
+#: A window of at least twice this many texts is split across every lane (a model batch
+#: of fewer texts costs more in per-call overhead than the second core gains).
+MIN_SPLIT = 8
+#: A small window is cut into about this many model batches per lane (see
+#: ``split_batch_size``); a big one keeps the configured batch size.
+BATCHES_PER_LANE = 4
+#: How long batch lanes hold back a new model batch while a query is embedded.
+QUERY_YIELD_S = 0.05
+#: After a query, lanes other than the first start no new model batch for this long: under
+#: a steady query load, queries keep a core and batches go on with the others.
+QUERY_HOLD_S = 0.1
+
+_M_ARENA_MAX = -8  # glibc mallopt parameter
+_libc: Any = None
+_malloc_tuned = False
+
+
+def _glibc() -> Any:
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+
+            lib = ctypes.CDLL("libc.so.6")
+            lib.mallopt  # noqa: B018  # glibc only
+            lib.malloc_trim  # noqa: B018
+            _libc = lib
+        except (OSError, AttributeError):
+            _libc = False
+    return _libc
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas (``MALLOC_ARENA_MAX``) for threads that start from now on.
+    glibc gives each thread that allocates its own 64 MiB arena (up to 8 per core), and
+    an arena keeps its peak: the embed lanes, the asyncio executor and NATS threads each
+    held on to a batch's worth of freed tensors. A no-op off glibc."""
+    global _malloc_tuned
+    lib = _glibc()
+    if lib and not _malloc_tuned:
+        lib.mallopt(_M_ARENA_MAX, arenas)
+        _malloc_tuned = True
+
+
+def trim_memory() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``); a no-op elsewhere."""
+    lib = _glibc()
+    if lib:
+        lib.malloc_trim(0)
+
+
+def split_batch_size(n: int, batch_size: int, lanes: int) -> int:
+    """The model batch size for a window of ``n`` texts on ``lanes`` lanes: at most
+    ``batch_size``, and small enough that a window of ``2 * MIN_SPLIT`` texts or more gives
+    each lane ``BATCHES_PER_LANE`` batches (64 texts on 2 lanes: eight batches of 8, not
+    one batch on one core while the other idles). Small batches of a small window also pad
+    less (its texts are sorted by length) and even out the lanes' finishing times:
+    measured on 64 definitions, batches of 8 took ~0.55x the time of batches of 32."""
+    bs = max(1, batch_size)
+    if lanes > 1 and n >= 2 * MIN_SPLIT:
+        bs = min(bs, max(MIN_SPLIT, -(-n // (lanes * BATCHES_PER_LANE))))
+    return bs
+
+
 class Embedder:
-    """One loaded embedding model, as ``sessions`` ONNX sessions that embed model batches in
-    parallel (``threads`` ONNX threads each; ``None`` = onnxruntime's default). ``embed`` is
-    thread-safe but CPU-bound: call it from a worker thread (``asyncio.to_thread``) in
-    async code."""
+    """One loaded embedding model: a single ONNX session (its weights are loaded once,
+    ~100 MiB) run by ``lanes`` threads at a time. onnxruntime's ``run`` is thread-safe and,
+    with one intra-op thread, computes on the calling thread: ``lanes`` concurrent calls
+    use ``lanes`` cores without a second copy of the model (a second session cost another
+    ~100-160 MiB). The onnxruntime memory arena is off: it kept the peak of the largest
+    batch ever seen (~900 MiB after one batch of 256-token texts) for no measurable speed.
+
+    ``embed`` (batches) runs on the lanes' threads; ``embed_one`` (queries) on the caller's
+    thread, and while one runs the lanes start no new model batch (for at most
+    ``QUERY_YIELD_S``), and for ``QUERY_HOLD_S`` after one only the first lane does: a
+    query competes with the batches already on the CPU, never with a whole window, and a
+    steady query load keeps a core of its own. Both are thread-safe and CPU-bound: call
+    them from a worker thread (``asyncio.to_thread``) in async code."""
 
     def __init__(
         self,
         model: str = DEFAULT_MODEL,
         *,
         cache_dir: str | os.PathLike[str] | None = None,
-        threads: int | None = None,
+        threads: int | None = 1,
         batch_size: int = 64,
-        sessions: int = 1,
+        lanes: int = 1,
     ) -> None:
         cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "engram"
+        limit_malloc_arenas()
         self.batch_size = batch_size
-        self.sessions = max(1, sessions)
-        self._models = [self._load(model, cache, threads) for _ in range(self.sessions)]
-        self._locks = [threading.Lock() for _ in self._models]
-        self._model = self._models[0]
+        self.lanes = max(1, lanes)
+        #: texts embedded by each lane (by ``embed``), for stats and tests
+        self.lane_texts = [0] * self.lanes
+        #: the fastembed ``TextEmbedding`` (public for baselines; use ``embed`` otherwise)
+        self.model = self._load(model, cache, threads, enable_cpu_mem_arena=False)
         self._pool = (
-            ThreadPoolExecutor(self.sessions, thread_name_prefix="embed")
-            if self.sessions > 1
-            else None
+            ThreadPoolExecutor(self.lanes, thread_name_prefix="embed") if self.lanes > 1 else None
         )
-        self.dim = int(self._model.embedding_size)
+        self._stats_lock = threading.Lock()
+        self._queries = 0  # embed_one calls in flight
+        self._no_queries = threading.Event()
+        self._no_queries.set()
+        self._last_query = 0.0  # time.monotonic() when the last embed_one ended
+        self.dim = int(self.model.embedding_size)
+        trim_memory()  # graph optimisation leaves ~60 MiB of freed protobuf behind
 
-    def _load(self, model: str, cache: Path, threads: int | None) -> Any:
+    @property
+    def sessions(self) -> int:
+        """Model batches embedded at once (the lanes); kept for older callers."""
+        return self.lanes
+
+    def _load(self, model: str, cache: Path, threads: int | None, **options: Any) -> Any:
         from fastembed import TextEmbedding
 
-        kwargs: dict[str, Any] = {"threads": threads}
+        kwargs: dict[str, Any] = {"threads": threads, **options}
         if model in (DEFAULT_MODEL, DEFAULT_MODEL_ID, _CUSTOM_NAME):
             _register_packaged()
             folder = packaged_model_dir(cache)
@@ -257,34 +347,44 @@ class Embedder:
     def embed(self, texts: Sequence[str], batch_size: int | None = None) -> Matrix:
         """Embed ``texts`` → ``(len(texts), dim)`` float32, rows unit-normalised, in input
         order. Texts are sorted by length before batching: padding to the longest text in
-        a batch dominates the cost (MEASURED.md). The batches go to the sessions as each
-        one frees up."""
+        a batch dominates the cost (MEASURED.md). The batches go to the lanes as each one
+        frees up; every lane gets work once there are ``2 * MIN_SPLIT`` texts."""
         n = len(texts)
         if n == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        bs = batch_size or self.batch_size
+        bs = split_batch_size(n, batch_size or self.batch_size, self.lanes)
         order = sorted(range(n), key=lambda i: len(texts[i]))
         batches = [order[start : start + bs] for start in range(0, n, bs)]
         out = np.empty((n, self.dim), dtype=np.float32)
-        todo = iter(batches)
+        used = min(self.lanes, len(batches))
+        taken = [used]  # lane k starts with batch k, then takes the next one left
         todo_lock = threading.Lock()
+        model = self.model
 
-        def drain(k: int) -> None:
-            model, lock = self._models[k], self._locks[k]
-            while True:
-                with todo_lock:
-                    idx = next(todo, None)
-                if idx is None:
-                    return
+        def take() -> list[int] | None:
+            with todo_lock:
+                if taken[0] >= len(batches):
+                    return None
+                taken[0] += 1
+                return batches[taken[0] - 1]
+
+        def drain(lane: int) -> None:
+            done = 0
+            idx: list[int] | None = batches[lane]
+            while idx is not None:
                 chunk = [texts[i] for i in idx]
-                with lock:
-                    vecs = np.asarray(list(model.embed(chunk, batch_size=len(chunk))))
-                out[idx] = vecs.astype(np.float32, copy=False)
+                for row, vec in zip(idx, model.embed(chunk, batch_size=len(chunk)), strict=True):
+                    out[row] = vec
+                done += len(idx)
+                self._yield_to_queries(lane, lambda: taken[0] < len(batches))
+                idx = take()
+            with self._stats_lock:
+                self.lane_texts[lane] += done
 
-        if self._pool is None or len(batches) == 1:
+        if self._pool is None:
             drain(0)
         else:
-            futs = [self._pool.submit(drain, k) for k in range(min(self.sessions, len(batches)))]
+            futs = [self._pool.submit(drain, k) for k in range(used)]
             for f in futs:
                 f.result()
         # fastembed normalises already; renormalise in float32 so |v| == 1 to f32 precision
@@ -292,8 +392,31 @@ class Embedder:
         np.divide(out, np.maximum(norms, 1e-12), out=out)
         return out
 
+    def _yield_to_queries(self, lane: int, work_left: Callable[[], bool]) -> None:
+        """Between model batches: wait (at most ``QUERY_YIELD_S``) while a query embeds;
+        lanes other than the first also hold while queries came in the last
+        ``QUERY_HOLD_S`` and lane 0 has work left, so a steady query load keeps a core."""
+        self._no_queries.wait(QUERY_YIELD_S)
+        if lane == 0:
+            return
+        while work_left() and (self._queries or time.monotonic() - self._last_query < QUERY_HOLD_S):
+            time.sleep(0.005)
+
     def embed_one(self, text: str) -> npt.NDArray[np.float32]:
-        row: npt.NDArray[np.float32] = self.embed([text])[0]
+        """One text, on the calling thread (no hop to a lane; the query path)."""
+        with self._stats_lock:
+            self._queries += 1
+            self._no_queries.clear()
+        try:
+            (vec,) = self.model.embed([text], batch_size=1)
+        finally:
+            with self._stats_lock:
+                self._queries -= 1
+                self._last_query = time.monotonic()
+                if self._queries == 0:
+                    self._no_queries.set()
+        row = np.asarray(vec, dtype=np.float32)
+        row /= max(float(np.linalg.norm(row)), 1e-12)
         return row
 
 
@@ -305,12 +428,12 @@ def get_embedder(
     model: str = DEFAULT_MODEL,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
-    threads: int | None = None,
+    threads: int | None = 1,
     batch_size: int = 64,
-    sessions: int = 1,
+    lanes: int = 1,
 ) -> Embedder:
     """The process-wide :class:`Embedder` for this configuration (loaded on first use)."""
-    key = (model, str(cache_dir or ""), threads, batch_size, sessions)
+    key = (model, str(cache_dir or ""), threads, batch_size, lanes)
     with _instances_lock:
         emb = _instances.get(key)
         if emb is None:
@@ -319,7 +442,7 @@ def get_embedder(
                 cache_dir=cache_dir,
                 threads=threads,
                 batch_size=batch_size,
-                sessions=sessions,
+                lanes=lanes,
             )
             _instances[key] = emb
         return emb

@@ -268,7 +268,7 @@ class MemoryStore:
         dtype: str = "bf16",
         connectivity: int = 16,
         expansion_add: int = 128,
-        expansion_search: int = 64,
+        expansion_search: int = 96,
         max_namespaces: int = MAX_NAMESPACES,
     ) -> None:
         self.root = Path(root)
