@@ -56,6 +56,7 @@ __all__ = [
     "has_btauth",
     "is_loopback",
     "load_or_create_key",
+    "public_key_hex",
     "resolve_mode",
 ]
 
@@ -186,6 +187,14 @@ AUTH_KEY: web.AppKey[AxonAuth] = web.AppKey("axon_auth")
 CALLER_KEY: Any = (
     web.RequestKey("btauth_caller", str) if hasattr(web, "RequestKey") else "btauth_caller"
 )
+
+
+def public_key_hex(hotkey_ss58: str) -> str:
+    """The 32-byte public key of an ss58 address, as lower-case hex (what a v2 challenge's
+    ``validator_hotkey_hex`` holds)."""
+    import bittensor_core
+
+    return bytes(bittensor_core.ss58_decode(hotkey_ss58)).hex()
 
 
 def caller_of(request: web.Request) -> str | None:

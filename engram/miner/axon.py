@@ -43,7 +43,7 @@ from streams.errors import InputError, Unavailable, short
 from streams.events import Embedded, IngestRequested, request_key
 from streams.publisher import Publisher
 
-from .auth import AUTH_KEY, AxonAuth, caller_of
+from .auth import AUTH_KEY, AxonAuth, caller_of, public_key_hex
 from .embedder import Embedder
 from .limits import (
     MAX_BATCH_ITEMS,
@@ -74,12 +74,14 @@ __all__ = [
     "Busy",
     "Conflict",
     "Expired",
+    "Forbidden",
     "Invalid",
     "NotFound",
     "Refused",
     "TooLarge",
     "Unreadable",
     "UnsupportedMediaType",
+    "check_challenge_binding",
     "make_app",
     "status_of",
 ]
@@ -139,6 +141,11 @@ class NotFound(_Typed):
     """What the request names does not exist here (an unknown CID)."""
 
 
+class Forbidden(_Typed):
+    """The caller is authenticated but may not ask this (a challenge naming another
+    hotkey than the one that signed it)."""
+
+
 class Conflict(_Typed):
     """The request repeats one that may be answered once (a challenge nonce)."""
 
@@ -164,6 +171,7 @@ class Busy(_Typed):
 STATUS: dict[type[BaseException], int] = {
     Invalid: 400,
     Unreadable: 400,
+    Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
     Expired: 410,
@@ -201,6 +209,21 @@ def caller_scope(request: web.Request) -> str:
     if not _SCOPE.fullmatch(scope):
         raise Refused(400, f"{SCOPE_HEADER} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
     return f"{ANONYMOUS}:{scope}"
+
+
+def check_challenge_binding(validator_hotkey_hex: str, caller: str | None) -> None:
+    """A v2 proof is bound to ``validator_hotkey_hex``; a signed challenge must name the
+    hotkey that signed it (else the axon would compute proofs for whoever is named: a
+    proof oracle for a miner that dropped the vector). Unsigned challenges reach here only
+    in ``open`` mode, which serves ``/retrieve`` (the whole vector) to anyone, so binding
+    them would protect nothing (docs/protocol.md, "Challenge binding")."""
+    if caller is None:
+        return
+    if public_key_hex(caller) != validator_hotkey_hex.lower():
+        raise Forbidden(
+            f"the challenge names another hotkey: validator_hotkey_hex must be the public "
+            f"key of the signer {caller}"
+        )
 
 
 def _is_hex(value: Any, nbytes: int) -> bool:
@@ -541,6 +564,8 @@ class Axon:
     async def challenge(self, request: web.Request) -> web.Response:
         body = await self._json(request)
         ch, version = self._challenge_of(body)
+        if version == 2:
+            check_challenge_binding(ch.validator_hotkey_hex, caller_of(request))
         rec = await asyncio.to_thread(self.store.get, ch.cid)
         if rec is None:
             raise NotFound(f"unknown CID {short(ch.cid)}")
