@@ -61,6 +61,7 @@ from .limits import (
     check_vector,
     short_reason,
 )
+from .nonces import SharedNonces
 from .projection import StoreRunner
 from .store import ApplyResult, MemoryStore, RequestStatus, StoreError
 
@@ -270,6 +271,8 @@ class Axon:
     proof_versions: Iterable[int] = (2,)
     nonces: _core.NonceStore = field(default_factory=_core.NonceStore)
     max_live_nonces: int = MAX_LIVE_NONCES
+    #: challenge nonces shared by every axon process of the node (engram.miner.nonces)
+    shared_nonces: SharedNonces | None = None
     # what /health reports beside the store: {"bus": "up" | "down: <cause>", ...}
     health_checks: Callable[[], dict[str, str]] | None = None
 
@@ -575,6 +578,8 @@ class Axon:
             raise Conflict("this challenge nonce was already answered") from None
         if len(self.nonces) > self.max_live_nonces:  # a flood: refuse until some expire
             raise Busy(f"{self.max_live_nonces} challenges are live; retry when some expire")
+        if self.shared_nonces is not None and not await self.shared_nonces.claim(ch.nonce_hex):
+            raise Conflict("this challenge nonce was already answered (by this node)")
         ehash = _core.embedding_hash(rec.vector)
         if version == 1:
             proof = _core.proof_v1(ch.nonce_hex, ehash)
