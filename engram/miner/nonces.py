@@ -26,7 +26,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from streams.errors import Unavailable
+from streams.errors import InputError, Unavailable
 
 __all__ = ["BTAUTH_BUCKET", "CHALLENGE_BUCKET", "NonceStoreUnavailable", "SharedNonces"]
 
@@ -64,7 +64,7 @@ class SharedNonces:
     async def claim(self, key: str) -> bool:
         """True the first time ``key`` is claimed within the TTL, False after."""
         if not _KEY.fullmatch(key):
-            raise ValueError(f"not a KV key: {key[:80]!r}")
+            raise InputError(f"not a replay-store key: {key[:80]!r}")
         try:
             await self.kv.create(key, b"")
         except KeyWrongLastSequenceError:

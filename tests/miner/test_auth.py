@@ -400,6 +400,23 @@ async def test_real_axon_in_signed_mode(node: MinerNode, serve: Serve) -> None:
         assert 'endpoint="/ChallengeSynapse",status="403"' in text  # refusals are counted
 
 
+async def test_open_mode_binds_signed_challenges_only(node: MinerNode) -> None:
+    """The node binds loopback, so it is open: a signed challenge must still name its
+    signer; an unsigned one is answered for any hotkey (/retrieve gives the vector anyway)."""
+    async with aiohttp.ClientSession(base_url=node.url) as http:
+        status, out = await AxonClient(http).post("/IngestSynapse", {"text": "Open axons."})
+        assert status == 200, out
+        cid = out["cid"]
+        named_other = {**core.new_challenge(cid, OTHER.public_key.hex()).as_dict(), "version": 2}
+        status, out = await AxonClient(http, CLIENT).post("/ChallengeSynapse", named_other)
+        assert status == 403 and "names another hotkey" in out["error"], out
+        status, out = await AxonClient(http).post("/ChallengeSynapse", named_other)
+        assert status == 200 and out["proof"], out
+        mine = {**core.new_challenge(cid, CLIENT.public_key.hex()).as_dict(), "version": 2}
+        status, out = await AxonClient(http, CLIENT).post("/ChallengeSynapse", mine)
+        assert status == 200 and out["proof"], out
+
+
 def test_cli_query_signs_with_the_client_key(tmp_path: Path) -> None:
     """``engram query`` against a signed axon: signed with <data_dir>/keys/client_hotkey."""
     import asyncio
