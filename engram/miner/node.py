@@ -176,10 +176,16 @@ class MinerNode:
         self.trust = await open_chain_trust(s, bus, keypair)
         if self.trust is not None:
             self._tasks.append(self.trust.start(self._stop))
-        replicas = s.stream_replicas
-        btauth_nonces = await SharedNonces.open(bus.js, BTAUTH_BUCKET, 60.0, replicas=replicas)
+        replicas, bus_up = s.stream_replicas, lambda: self.guard is None or self.guard.up
+        btauth_nonces = await SharedNonces.open(
+            bus.js, BTAUTH_BUCKET, 60.0, replicas=replicas, available=bus_up
+        )
         challenge_nonces = await SharedNonces.open(
-            bus.js, CHALLENGE_BUCKET, float(MAX_CHALLENGE_AHEAD_S), replicas=replicas
+            bus.js,
+            CHALLENGE_BUCKET,
+            float(MAX_CHALLENGE_AHEAD_S),
+            replicas=replicas,
+            available=bus_up,
         )
         self.axon = Axon(
             self.store,

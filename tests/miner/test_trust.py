@@ -263,3 +263,18 @@ async def test_a_real_miner_node_gates_challenges_by_the_chain_and_shares_nonces
     fresh = {**core.new_challenge(cid, VALIDATOR.public_key.hex()).as_dict(), "version": 2}
     status, out, _ = await post(other, "/ChallengeSynapse", VALIDATOR, msgspec.json.encode(fresh))
     assert status == 200, out
+
+
+async def test_the_shared_store_is_atomic_and_steps_aside_while_the_bus_is_down(bus: Bus) -> None:
+    up = True
+    store = await SharedNonces.open(bus.js, "engram_test_nonces", 60.0, available=lambda: up)
+    other = await SharedNonces.open(bus.js, "engram_test_nonces", 60.0)
+    # many claims of one key at once, from two "processes": exactly one wins
+    wins = await asyncio.gather(*(s.claim("k.1") for s in (store, other) * 8))
+    assert sum(wins) == 1
+    up = False  # the node's bus guard says the bus is down: the local store decides alone
+    assert await store.claim("k.1") and store.fallbacks == 1
+    up = True
+    assert not await store.claim("k.1")
+    with pytest.raises(ValueError, match="not a replay-store key"):
+        await store.claim("bad key with spaces")
