@@ -65,12 +65,15 @@ class ReplicationProjection(Projection):
         super().__init__()
         self.verdicts: dict[str, dict[str, bool]] = {}
         self.pending: dict[str, set[str]] = {}
+        self.lost: set[str] = set()  # CIDs some miner failed to prove at least once
 
     def apply(self, seq: int, event: Event) -> None:
         if isinstance(event, ProofVerified) and event.cid and event.miner_hotkey:
             if event.replicated and not event.void:
                 self.verdicts.setdefault(event.cid, {})[event.miner_hotkey] = event.passed
                 self.pending.get(event.cid, set()).discard(event.miner_hotkey)
+                if not event.passed:
+                    self.lost.add(event.cid)
         elif isinstance(event, Repaired) and event.ok:
             self.pending.setdefault(event.cid, set()).add(event.target_hotkey)
 
@@ -78,6 +81,7 @@ class ReplicationProjection(Projection):
         super().reset()
         self.verdicts = {}
         self.pending = {}
+        self.lost = set()
 
     def status(self, cid: str, peers: Iterable[Peer]) -> ReplicaStatus:
         verdicts = self.verdicts.get(cid, {})
@@ -91,9 +95,16 @@ class ReplicationProjection(Projection):
         return {s.value: tally.get(s.value, 0) for s in ReplicaStatus}
 
     def repairs(self, peers: Iterable[Peer], down: Collection[str] = ()) -> list[Repair]:
+        """Copies for the CIDs known to have lost a replica: a miner failed to prove it,
+        or a miner that proved it left the metagraph. A replica merely not sampled yet
+        (challenges ask a few CIDs per miner per round) is not a loss: no copy."""
         peers = list(peers)
+        present = {p.hotkey for p in peers} - set(down)
         out: list[Repair] = []
         for cid in sorted(self.verdicts):
+            gone = any(ok and h not in present for h, ok in self.verdicts[cid].items())
+            if cid not in self.lost and not gone:
+                continue
             pending = self.pending.get(cid, set())
             plans = plan_repair(cid, peers, self.verdicts[cid], down)
             out.extend(p for p in plans if p.target.hotkey not in pending)

@@ -29,7 +29,7 @@ from engram.validator.ledger import ProbeLedger
 from engram.validator.repair import RepairPlanner, RepairWorker, ReplicationProjection, peers_of
 from engram.validator.replication import ReplicaStatus
 from engram.validator.routed import RoutedClient
-from engram.validator.routing import route
+from engram.validator.routing import Peer, route
 from streams.events import CadenceTicked, ProofVerified, Repaired
 from streams.projection import ProjectionRunner
 from streams.topology import consumer
@@ -83,6 +83,54 @@ def test_sample_cids_takes_user_memories_and_probes() -> None:
         random.Random(3), ["a", "b"], ["c", "d"], 2
     )
     assert sample_cids(rng, [], [], 5) == []
+
+
+def test_repairs_only_for_known_losses() -> None:
+    """Not sampled yet is not lost; a failed proof or a prover that left the metagraph is."""
+    peers = [Peer(uid, f"5Miner{uid}") for uid in range(5)]
+    cid = "v1::" + "ab" * 32
+    a, b, c = route(cid, peers)
+    proj = ReplicationProjection()
+
+    def verdict(p: Peer, passed: bool, *, replicated: bool = True) -> None:
+        proj.apply(
+            0,
+            ProofVerified(
+                challenge_id=f"{p.hotkey}-{passed}",
+                miner_uid=p.uid,
+                passed=passed,
+                cid=cid,
+                miner_hotkey=p.hotkey,
+                replicated=replicated,
+            ),
+        )
+
+    verdict(a, True)
+    assert proj.status(cid, peers) is ReplicaStatus.CRITICAL  # b and c not sampled yet
+    assert proj.repairs(peers) == []  # ... which is no loss
+    verdict(b, False, replicated=False)  # a probe's verdict: not replication's business
+    assert proj.repairs(peers) == []
+    # a, the only prover, leaves the metagraph: its CID is copied from ... nobody proven
+    assert proj.repairs([p for p in peers if p != a]) == []
+    verdict(b, True)
+    (gone,) = {r.target for r in proj.repairs([p for p in peers if p != a])} - {c}
+    assert gone == route(cid, [p for p in peers if p != a])[2]
+    verdict(c, False)  # c lost it: the next-closest miner (not a or b) gets a copy from a
+    plans = proj.repairs(peers)
+    assert [(r.source, r.target) for r in plans] == [(a, route(cid, peers, exclude={c.hotkey})[2])]
+    assert proj.status(cid, peers) is ReplicaStatus.DEGRADED
+    proj.apply(
+        0,
+        Repaired(
+            request_id="r",
+            round_id="r1",
+            cid=cid,
+            target_uid=plans[0].target.uid,
+            target_hotkey=plans[0].target.hotkey,
+            ok=True,
+        ),
+    )
+    assert proj.repairs(peers) == []  # copied, awaiting its proof: not asked again
 
 
 async def test_a_miner_taken_down_turns_its_cids_degraded_and_repair_brings_them_back(
