@@ -84,6 +84,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     miner_hotkey_file: str | None = None  # a bittensor hotkey file; else <data_dir>/keys/
     client_hotkey_file: str | None = None  # signs ingest/query; else <data_dir>/keys/
 
+    # who may challenge (issue 8): the chain's metagraph (validator permit + stake), or
+    # "none" = the static axon_validators list. docs/architecture.md "Axon authentication"
+    chain: str = "none"  # none | local | bittensor
+    chain_netuid: int = 1
+    chain_network: str = "finney"  # bittensor: a network name or a ws(s):// endpoint
+    chain_nats_url: str | None = None  # local: the NATS holding the chain's KV; else the bus
+    chain_refresh_s: float = 60.0  # the metagraph is re-read this often
+    axon_validator_min_stake: float = 0.0  # a validator needs a permit and this stake
+
     # supervision and limits (issue 7): docs/architecture.md "Supervision and limits"
     axon_max_connections: int = 4096  # open connections; capped below the open-file limit
     axon_max_inflight: int = 256  # requests handled at once; past it 503 + Retry-After
@@ -116,6 +125,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError("store_max_namespaces: must be >= 1")
         if self.axon_min_stake < 0:
             raise ConfigError("axon_min_stake: must be >= 0")
+        if self.chain not in ("none", "local", "bittensor"):
+            raise ConfigError("chain: must be none, local or bittensor")
+        if self.chain_netuid < 0 or self.chain_refresh_s <= 0 or self.axon_validator_min_stake < 0:
+            raise ConfigError(
+                "chain_netuid, axon_validator_min_stake: must be >= 0; chain_refresh_s: > 0"
+            )
+        if self.chain_nats_url is not None and not self.chain_nats_url.strip():
+            self.chain_nats_url = None
         if not self.axon_proof_versions or not set(self.axon_proof_versions) <= {1, 2}:
             raise ConfigError("axon_proof_versions: one or both of 1, 2 (e.g. 1,2)")
         if self.axon_max_connections < 1 or self.axon_max_inflight < 1:
@@ -145,16 +162,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for key in SECRET_FIELDS:
             if out.get(key):
                 out[key] = "********"
-        if out.get("nats_url") and "@" in out["nats_url"]:
-            scheme, rest = (
-                out["nats_url"].split("://", 1)
-                if "://" in out["nats_url"]
-                else ("", out["nats_url"])
-            )
-            creds, host = rest.rsplit("@", 1)
-            out["nats_url"] = (
-                f"{scheme}://{creds.split(':')[0]}:********@{host}" if scheme else f"****@{host}"
-            )
+        for key in ("nats_url", "chain_nats_url"):
+            if out.get(key) and "@" in out[key]:
+                scheme, rest = out[key].split("://", 1) if "://" in out[key] else ("", out[key])
+                creds, host = rest.rsplit("@", 1)
+                out[key] = (
+                    f"{scheme}://{creds.split(':')[0]}:********@{host}"
+                    if scheme
+                    else f"****@{host}"
+                )
         return out  # type: ignore[no-any-return]
 
 

@@ -41,6 +41,8 @@ __all__ = [
     "IngestRequested",
     "ProofVerified",
     "RecallSampled",
+    "RepairRequested",
+    "Repaired",
     "ScoreUpdated",
     "Stored",
     "WeightsProposed",
@@ -256,6 +258,9 @@ class ChallengeIssued(Event, frozen=True, kw_only=True, tag="ChallengeIssued"):
     proof_version: int = 2
     round_id: str = ""
     miner_axon: str = ""  # host:port the dispatcher calls
+    # a user memory routing placed on this miner (not a probe): its verdict counts for
+    # replication (engram.validator.repair)
+    replicated: bool = False
 
     def msg_id(self) -> str:
         return f"issued:{self.challenge_id}"
@@ -279,6 +284,7 @@ class ChallengeAnswered(Event, frozen=True, kw_only=True, tag="ChallengeAnswered
     validator_hotkey_hex: str = ""
     proof_version: int = 2
     round_id: str = ""
+    replicated: bool = False
 
     def msg_id(self) -> str:
         return f"answered:{self.challenge_id}"
@@ -297,6 +303,7 @@ class ProofVerified(Event, frozen=True, kw_only=True, tag="ProofVerified"):
     # the miner is not to blame (the challenge expired before it was sent, the validator
     # lost its ground truth): recorded, but not counted in the proof rate
     void: bool = False
+    replicated: bool = False  # a routed user memory (see ChallengeIssued)
 
     def msg_id(self) -> str:
         return f"verified:{self.challenge_id}"
@@ -337,6 +344,41 @@ class ScoreUpdated(Event, frozen=True, kw_only=True, tag="ScoreUpdated"):
 
     def msg_id(self) -> str:
         return f"score:{self.round_id}:{self.miner_uid}" if self.round_id else self.event_id
+
+
+class RepairRequested(Event, frozen=True, kw_only=True, tag="RepairRequested"):
+    """A CID lost a replica: copy it from ``source`` (a miner that proved it) to ``target``
+    (the next-closest miner routing now assigns it to). One per round, CID and target."""
+
+    SUBJECT: ClassVar[str] = "engram.validation.repair.requested"
+
+    round_id: str
+    cid: str
+    source_uid: int
+    source_hotkey: str
+    target_uid: int
+    target_hotkey: str
+
+    def msg_id(self) -> str:
+        return f"repair:{self.round_id}:{self.cid}:{self.target_hotkey}"
+
+
+class Repaired(Event, frozen=True, kw_only=True, tag="Repaired"):
+    """The outcome of a :class:`RepairRequested` (``ok`` False with the reason)."""
+
+    SUBJECT: ClassVar[str] = "engram.validation.repair.done"
+
+    request_id: str  # the RepairRequested's event id
+    round_id: str
+    cid: str
+    target_uid: int
+    target_hotkey: str
+    ok: bool
+    reason: str = ""
+    source_hotkey: str = ""
+
+    def msg_id(self) -> str:
+        return f"repaired:{self.round_id}:{self.cid}:{self.target_hotkey}"
 
 
 # --- weights ----------------------------------------------------------------------------
@@ -429,6 +471,8 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ProofVerified,
     RecallSampled,
     ScoreUpdated,
+    RepairRequested,
+    Repaired,
     WeightsProposed,
     WeightsSet,
     DeadLettered,
@@ -450,6 +494,8 @@ AnyEvent: TypeAlias = (
     | ProofVerified
     | RecallSampled
     | ScoreUpdated
+    | RepairRequested
+    | Repaired
     | WeightsProposed
     | WeightsSet
     | DeadLettered

@@ -135,6 +135,19 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
         description="ChallengeAnswered -> ProofVerified",
     ),
     ConsumerSpec(
+        "validator-repair-planner",
+        "VALIDATION",
+        ("engram.validation.tick.challenge",),
+        description="challenge tick -> RepairRequested per CID short of replicas",
+    ),
+    ConsumerSpec(
+        "validator-repairer",
+        "VALIDATION",
+        ("engram.validation.repair.requested",),
+        ack_wait_s=120.0,
+        description="RepairRequested -> copy from a proven replica -> Repaired",
+    ),
+    ConsumerSpec(
         "validator-weights-setter",
         "WEIGHTS",
         ("engram.weights.proposed",),

@@ -142,6 +142,15 @@ class LocalChain:
             pass  # another process created it first: keep theirs
         return chain
 
+    @classmethod
+    async def join(
+        cls, js: JetStreamContext, hotkey: str, netuid: int = 1, *, replicas: int = 1
+    ) -> LocalChain:
+        """Bind to the subnet without creating it (a miner reads the chain the devnet
+        made; until the subnet exists, reads raise :class:`ChainRefused`)."""
+        kv = await _guard(lambda: _bucket(js, replicas))
+        return cls(kv, hotkey, netuid)
+
     def acting_as(self, hotkey: str) -> LocalChain:
         """The same subnet, acting for another hotkey (the devnet runs several nodes)."""
         return LocalChain(self._kv, hotkey, self._netuid, clock=self._clock)

@@ -46,6 +46,22 @@ class ChainRegistry:
     def knows_stake(self) -> bool:
         return True
 
+    def why_not_validator(self, hotkey_ss58: str) -> str:
+        """Why ``hotkey_ss58`` may not challenge (for the 403's reason)."""
+        if self.graph is None:
+            return "the miner has not read the metagraph yet; retry shortly"
+        neuron = self.graph.by_hotkey(hotkey_ss58)
+        if neuron is None:
+            return f"hotkey {hotkey_ss58} is not registered on netuid {self.graph.netuid}"
+        if not neuron.validator_permit:
+            return f"hotkey {hotkey_ss58} has no validator permit (block {self.graph.block})"
+        if neuron.stake < self.min_validator_stake:
+            return (
+                f"hotkey {hotkey_ss58} has stake {neuron.stake:g}; a validator needs "
+                f"{self.min_validator_stake:g}"
+            )
+        return f"hotkey {hotkey_ss58} is not a validator"
+
     def apply(self, graph: Metagraph) -> None:
         """Adopt a metagraph (pure; used by :meth:`sync`)."""
         self.graph = graph

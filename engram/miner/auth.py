@@ -38,7 +38,9 @@ from engram.config import ConfigError, Settings
 
 if TYPE_CHECKING:  # (typedefs.Middleware: not in every aiohttp 3.x)
     from aiohttp.typedefs import Middleware
-    from bittensor.http_auth import NonceStore
+    from bittensor.http_auth import Caller, NonceStore
+
+    from .nonces import SharedNonces
 
 __all__ = [
     "AUTH_KEY",
@@ -56,6 +58,7 @@ __all__ = [
     "has_btauth",
     "is_loopback",
     "load_or_create_key",
+    "public_key_hex",
     "resolve_mode",
 ]
 
@@ -106,6 +109,10 @@ class ValidatorRegistry(Protocol):
     @property
     def knows_stake(self) -> bool: ...
 
+    def why_not_validator(self, hotkey_ss58: str) -> str:
+        """The reason a 403 gives a hotkey that is not a validator."""
+        ...
+
 
 @dataclass(frozen=True)
 class StaticRegistry:
@@ -121,6 +128,9 @@ class StaticRegistry:
     @property
     def knows_stake(self) -> bool:
         return bool(self.stakes)
+
+    def why_not_validator(self, hotkey_ss58: str) -> str:
+        return f"hotkey {hotkey_ss58} is not a validator allowed to call this endpoint"
 
 
 @dataclass(frozen=True)
@@ -172,7 +182,7 @@ def check_access(
     if mode == "open":
         return None
     if access is Access.VALIDATOR and not registry.is_validator(caller):
-        return Refusal(403, f"hotkey {caller} is not a validator allowed to call this endpoint")
+        return Refusal(403, registry.why_not_validator(caller))
     if access is Access.INGEST and min_stake > 0:
         stake = registry.stake(caller)
         if stake < min_stake:
@@ -186,6 +196,14 @@ AUTH_KEY: web.AppKey[AxonAuth] = web.AppKey("axon_auth")
 CALLER_KEY: Any = (
     web.RequestKey("btauth_caller", str) if hasattr(web, "RequestKey") else "btauth_caller"
 )
+
+
+def public_key_hex(hotkey_ss58: str) -> str:
+    """The 32-byte public key of an ss58 address, as lower-case hex (what a v2 challenge's
+    ``validator_hotkey_hex`` holds)."""
+    import bittensor_core
+
+    return bytes(bittensor_core.ss58_decode(hotkey_ss58)).hex()
 
 
 def caller_of(request: web.Request) -> str | None:
@@ -211,7 +229,10 @@ class AxonAuth:
     max_age_s: float = 10.0
     allowed_skew_s: float = 2.0
     access: Mapping[str, Access] = field(default_factory=lambda: ENDPOINT_ACCESS)
-    nonce_store: NonceStore | None = None  # per process; a shared one for several processes
+    nonce_store: NonceStore | None = None  # per process: answers a replay without a round trip
+    #: shared by every axon process of the node (JetStream KV): a replay sent to another
+    #: process is refused too (engram.miner.nonces)
+    shared_nonces: SharedNonces | None = None
 
     def __post_init__(self) -> None:
         if self.nonce_store is None:
@@ -231,9 +252,15 @@ class AxonAuth:
 
     def verify(self, headers: Mapping[str, str], body: bytes, method: str, path: str) -> str:
         """The caller's hotkey; raises ``bittensor.http_auth.AuthError``."""
+        return str(self.verify_caller(headers, body, method, path).hotkey_ss58)
+
+    def verify_caller(
+        self, headers: Mapping[str, str], body: bytes, method: str, path: str
+    ) -> Caller:
+        """The verified caller (hotkey and nonce); raises ``bittensor.http_auth.AuthError``."""
         from bittensor.http_auth import verify
 
-        caller = verify(
+        return verify(
             headers,
             body,
             method=method,
@@ -243,7 +270,16 @@ class AxonAuth:
             allowed_skew=self.allowed_skew_s,
             nonce_store=self.nonce_store,
         )
-        return caller.hotkey_ss58
+
+    async def claim_shared(self, caller: Caller) -> Refusal | None:
+        """The node-wide replay check, after the signature verified (so unsigned traffic
+        cannot use nonces up for a legitimate sender)."""
+        if self.shared_nonces is None:
+            return None
+        key = f"{self.hotkey_ss58}.{caller.hotkey_ss58}.{caller.nonce_ns}"
+        if await self.shared_nonces.claim(key):
+            return None
+        return Refusal(401, "btauth/1: nonce already used by this hotkey (replayed request)")
 
     def middleware(self) -> Middleware:
         @web.middleware
@@ -256,9 +292,14 @@ class AxonAuth:
                 # aiohttp caches the body: the handler's request.json() reads these bytes
                 body = await request.read()
                 try:
-                    caller = self.verify(request.headers, body, request.method, request.raw_path)
+                    signer = self.verify_caller(
+                        request.headers, body, request.method, request.raw_path
+                    )
                 except AuthError as exc:  # its messages never echo secrets (SDK contract)
                     return _refuse(Refusal(401, f"btauth/1: {exc}"))
+                if (replayed := await self.claim_shared(signer)) is not None:
+                    return _refuse(replayed)
+                caller = str(signer.hotkey_ss58)
                 request[CALLER_KEY] = caller
             refusal = check_access(
                 access,
@@ -362,23 +403,37 @@ def _check_ss58(addresses: list[str]) -> frozenset[str]:
 
 
 def build_auth(
-    settings: Settings, host: str, registry: ValidatorRegistry | None = None
+    settings: Settings,
+    host: str,
+    registry: ValidatorRegistry | None = None,
+    *,
+    keypair: Any | None = None,
+    shared_nonces: SharedNonces | None = None,
 ) -> AxonAuth:
-    """The axon's auth from settings and the bind address (for ``axon_auth = "auto"``)."""
+    """The axon's auth from settings and the bind address (for ``axon_auth = "auto"``).
+    ``registry`` is the chain-backed one when ``chain`` is set (engram.miner.trust), else
+    the static ``axon_validators`` list."""
     mode = resolve_mode(settings.axon_auth, host)
     if registry is None:
         registry = StaticRegistry(validators=_check_ss58(settings.axon_validators))
     if settings.axon_min_stake > 0 and not registry.knows_stake:
         raise ConfigError(
-            "axon_min_stake: needs a validator registry that knows stake (the chain-backed "
-            "one is not built yet); leave it at 0"
+            "axon_min_stake: needs a validator registry that knows stake: set chain = local "
+            "or bittensor, or leave it at 0"
         )
-    auth = AxonAuth(mode, miner_keypair(settings), registry, min_stake=settings.axon_min_stake)
+    auth = AxonAuth(
+        mode,
+        keypair if keypair is not None else miner_keypair(settings),
+        registry,
+        min_stake=settings.axon_min_stake,
+        shared_nonces=shared_nonces,
+    )
     log.info(
         "axon identity",
         hotkey=auth.hotkey_ss58,
         auth=mode,
-        validators=len(getattr(registry, "validators", ())),
+        registry=type(registry).__name__,
+        shared_nonces=shared_nonces is not None,
     )
     if mode == "open" and not is_loopback(host):
         log.warning("axon_auth is open on a non-loopback address: anyone can call it", host=host)

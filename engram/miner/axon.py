@@ -43,7 +43,7 @@ from streams.errors import InputError, Unavailable, short
 from streams.events import Embedded, IngestRequested, request_key
 from streams.publisher import Publisher
 
-from .auth import AUTH_KEY, AxonAuth, caller_of
+from .auth import AUTH_KEY, AxonAuth, caller_of, public_key_hex
 from .embedder import Embedder
 from .limits import (
     MAX_BATCH_ITEMS,
@@ -61,6 +61,7 @@ from .limits import (
     check_vector,
     short_reason,
 )
+from .nonces import SharedNonces
 from .projection import StoreRunner
 from .store import ApplyResult, MemoryStore, RequestStatus, StoreError
 
@@ -74,12 +75,14 @@ __all__ = [
     "Busy",
     "Conflict",
     "Expired",
+    "Forbidden",
     "Invalid",
     "NotFound",
     "Refused",
     "TooLarge",
     "Unreadable",
     "UnsupportedMediaType",
+    "check_challenge_binding",
     "make_app",
     "status_of",
 ]
@@ -142,6 +145,11 @@ class NotFound(_Typed):
     """What the request names does not exist here (an unknown CID)."""
 
 
+class Forbidden(_Typed):
+    """The caller is authenticated but may not ask this (a challenge naming another
+    hotkey than the one that signed it)."""
+
+
 class Conflict(_Typed):
     """The request repeats one that may be answered once (a challenge nonce)."""
 
@@ -167,6 +175,7 @@ class Busy(_Typed):
 STATUS: dict[type[BaseException], int] = {
     Invalid: 400,
     Unreadable: 400,
+    Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
     Expired: 410,
@@ -204,6 +213,21 @@ def caller_scope(request: web.Request) -> str:
     if not _SCOPE.fullmatch(scope):
         raise Refused(400, f"{SCOPE_HEADER} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
     return f"{ANONYMOUS}:{scope}"
+
+
+def check_challenge_binding(validator_hotkey_hex: str, caller: str | None) -> None:
+    """A v2 proof is bound to ``validator_hotkey_hex``; a signed challenge must name the
+    hotkey that signed it (else the axon would compute proofs for whoever is named: a
+    proof oracle for a miner that dropped the vector). Unsigned challenges reach here only
+    in ``open`` mode, which serves ``/retrieve`` (the whole vector) to anyone, so binding
+    them would protect nothing (docs/protocol.md, "Challenge binding")."""
+    if caller is None:
+        return
+    if public_key_hex(caller) != validator_hotkey_hex.lower():
+        raise Forbidden(
+            f"the challenge names another hotkey: validator_hotkey_hex must be the public "
+            f"key of the signer {caller}"
+        )
 
 
 def _is_hex(value: Any, nbytes: int) -> bool:
@@ -250,6 +274,8 @@ class Axon:
     proof_versions: Iterable[int] = (2,)
     nonces: _core.NonceStore = field(default_factory=_core.NonceStore)
     max_live_nonces: int = MAX_LIVE_NONCES
+    #: challenge nonces shared by every axon process of the node (engram.miner.nonces)
+    shared_nonces: SharedNonces | None = None
     # what /health reports beside the store: {"bus": "up" | "down: <cause>", ...}
     health_checks: Callable[[], dict[str, str]] | None = None
 
@@ -559,6 +585,8 @@ class Axon:
     async def challenge(self, request: web.Request) -> web.Response:
         body = await self._json(request)
         ch, version = self._challenge_of(body)
+        if version == 2:
+            check_challenge_binding(ch.validator_hotkey_hex, caller_of(request))
         rec = await asyncio.to_thread(self.store.get, ch.cid)
         if rec is None:
             raise NotFound(f"unknown CID {short(ch.cid)}")
@@ -568,6 +596,8 @@ class Axon:
             raise Conflict("this challenge nonce was already answered") from None
         if len(self.nonces) > self.max_live_nonces:  # a flood: refuse until some expire
             raise Busy(f"{self.max_live_nonces} challenges are live; retry when some expire")
+        if self.shared_nonces is not None and not await self.shared_nonces.claim(ch.nonce_hex):
+            raise Conflict("this challenge nonce was already answered (by this node)")
         ehash = _core.embedding_hash(rec.vector)
         if version == 1:
             proof = _core.proof_v1(ch.nonce_hex, ehash)

@@ -26,8 +26,8 @@ from engram.config import Settings
 from engram.natsd import set_parent_death_signal
 from streams.worker import Worker
 
-from .auth import build_auth
-from .axon import Axon, make_app
+from .auth import build_auth, miner_keypair
+from .axon import MAX_CHALLENGE_AHEAD_S, Axon, make_app
 from .connections import (
     BoundedExecutor,
     ConnectionGate,
@@ -41,8 +41,10 @@ from .connections import (
 )
 from .embedder import Embedder, default_sessions, get_embedder
 from .guard import BusGuard, WorkerPool, watch_parent
+from .nonces import BTAUTH_BUCKET, CHALLENGE_BUCKET, SharedNonces
 from .projection import StoreRunner
 from .store import MemoryStore
+from .trust import ChainTrust, open_chain_trust
 from .workers import SORT_WINDOW, EmbedHandler, make_embed_worker
 
 __all__ = ["MinerNode", "open_store", "run_embed_worker"]
@@ -128,6 +130,7 @@ class MinerNode:
     gate: ConnectionGate | None = None
     inflight: InFlight | None = None
     executor: BoundedExecutor | None = None
+    trust: ChainTrust | None = None  # the chain-backed validator registry (chain != none)
     _site_runner: web.AppRunner | None = None
     _listener: asyncio.AbstractServer | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -185,6 +188,22 @@ class MinerNode:
             self.pool = WorkerPool(lambda: spawn_worker_process(s, url), self.worker_processes)
             self.pool.start()
             self._tasks.append(asyncio.create_task(self.pool.run(self._stop), name="workers"))
+        # whom to trust and the node-wide replay stores (engram.miner.trust, .nonces)
+        keypair = await asyncio.to_thread(miner_keypair, s)
+        self.trust = await open_chain_trust(s, bus, keypair)
+        if self.trust is not None:
+            self._tasks.append(self.trust.start(self._stop))
+        replicas, bus_up = s.stream_replicas, lambda: self.guard is None or self.guard.up
+        btauth_nonces = await SharedNonces.open(
+            bus.js, BTAUTH_BUCKET, 60.0, replicas=replicas, available=bus_up
+        )
+        challenge_nonces = await SharedNonces.open(
+            bus.js,
+            CHALLENGE_BUCKET,
+            float(MAX_CHALLENGE_AHEAD_S),
+            replicas=replicas,
+            available=bus_up,
+        )
         self.axon = Axon(
             self.store,
             self.runner,
@@ -194,10 +213,19 @@ class MinerNode:
             ingest_wait_s=self.ingest_wait_s,
             extra_stats=self._extra_stats,
             proof_versions=s.axon_proof_versions,
+            shared_nonces=challenge_nonces,
             health_checks=lambda: {"bus": self.guard.status() if self.guard else "up"},
         )
         self._metrics(self.axon)
-        auth = await asyncio.to_thread(build_auth, s, self.host)  # btauth/1 (engram.miner.auth)
+        auth = await asyncio.to_thread(  # btauth/1 (engram.miner.auth)
+            lambda: build_auth(
+                s,
+                self.host,
+                self.trust.registry if self.trust is not None else None,
+                keypair=keypair,
+                shared_nonces=btauth_nonces,
+            )
+        )
         limits = self.limits()
         self.inflight = InFlight(limits.max_inflight)
         mw = limits_middleware(limits, self.inflight, self._bus_check)
@@ -296,6 +324,8 @@ class MinerNode:
             await pool_stopped
         if self.store is not None:
             self.store.close()
+        if self.trust is not None:
+            await self.trust.close()
         if self.bus is not None:
             await self.bus.close(timeout=grace)
 

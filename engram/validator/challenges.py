@@ -1,8 +1,9 @@
 """Storage challenges as three workers on the VALIDATION stream.
 
 * :class:`Challenger` (``validator-challenger``): a ``challenge`` tick → for every miner
-  of the metagraph with an axon, up to ``challenges_per_miner`` CIDs the validator
-  ingested to it (the probe ledger) → ``ChallengeIssued``. The challenge id is
+  of the metagraph with an axon, up to ``challenges_per_miner`` CIDs the ledger says it
+  holds — half user memories routing assigned to it, half the validator's probes
+  (:func:`sample_cids`) → ``ChallengeIssued``. The challenge id is
   ``<validator>:<tick seq>:<uid>:<i>`` and the CIDs are drawn with a seed from the tick, so
   a redelivered tick issues the same challenge ids (JetStream drops the duplicates).
 * :class:`Dispatcher` (``validator-dispatcher``): ``ChallengeIssued`` → signed
@@ -56,6 +57,7 @@ __all__ = [
     "Dispatcher",
     "SeenNonces",
     "Verifier",
+    "sample_cids",
     "stale",
     "verdict",
 ]
@@ -97,13 +99,15 @@ class Challenger:
         for n in graph.neurons:
             if n.axon is None or n.hotkey == me:
                 continue
-            cids = await self.ledger.cids_for(n.hotkey)
-            if not cids:
+            probes = await self.ledger.cids_for(n.hotkey)
+            routed = await self.ledger.routed_for(n.hotkey)
+            if not probes and not routed:
                 continue
             seed = hashlib.sha256(f"{round_id}:{n.hotkey}".encode()).digest()
-            picks = random.Random(seed).sample(
-                cids, min(self.config.challenges_per_miner, len(cids))
+            picks = sample_cids(
+                random.Random(seed), probes, routed, self.config.challenges_per_miner
             )
+            user = set(routed)
             for i, cid in enumerate(picks):
                 c = new_challenge(cid, self.validator_hotkey_hex, ttl_s=self.config.challenge_ttl_s)
                 out.append(
@@ -119,12 +123,30 @@ class Challenger:
                         proof_version=self.config.proof_version,
                         round_id=round_id,
                         miner_axon=n.axon,
+                        replicated=cid in user,
                     )
                 )
         if out:
             await self.publisher.publish_many(out)
         log.info("challenges issued", round_id=round_id, count=len(out))
         return out
+
+
+def sample_cids(rng: random.Random, probes: list[str], routed: list[str], n: int) -> list[str]:
+    """``n`` CIDs to challenge: half (rounded up) from the user memories routed to the
+    miner, the rest from the validator's probes, topped up from either when one runs
+    short. A miner cannot tell which will be asked, so it must keep both."""
+    n = min(n, len(set(probes) | set(routed)))
+    want_routed = min(len(routed), (n + 1) // 2)
+    picks = rng.sample(routed, want_routed)
+    chosen = set(picks)
+    rest = [c for c in probes if c not in chosen]
+    picks += rng.sample(rest, min(n - len(picks), len(rest)))
+    if len(picks) < n:  # few probes: more user memories
+        chosen = set(picks)
+        more = [c for c in routed if c not in chosen]
+        picks += rng.sample(more, min(n - len(picks), len(more)))
+    return picks
 
 
 @dataclass
@@ -192,6 +214,7 @@ class Dispatcher:
             validator_hotkey_hex=c.validator_hotkey_hex,
             proof_version=c.proof_version,
             round_id=c.round_id,
+            replicated=c.replicated,
         )
 
 
@@ -279,6 +302,7 @@ class Verifier:
                     miner_hotkey=a.miner_hotkey,
                     round_id=a.round_id,
                     void=reason in VOID_REASONS,
+                    replicated=a.replicated,
                 )
             )
         if out:

@@ -7,8 +7,13 @@ proof; the evaluator runs its exact search over it. State lives in a JetStream K
 (``engram_probes``) so every process of the validator shares it and a restart keeps it:
 
 * ``vec.<sha256(cid) hex>``: msgpack ``{cid, vector (f32 little-endian bytes), dim}``;
-* ``held.<miner hotkey ss58>``: msgpack list of the newest ``MAX_HELD`` CIDs ingested to
-  that miner (compare-and-set on the entry's revision, so concurrent writers lose nothing).
+* ``held.<miner hotkey ss58>``: msgpack list of the newest ``MAX_HELD`` probe CIDs
+  ingested to that miner (compare-and-set on the entry's revision, so concurrent writers
+  lose nothing);
+* ``routed.<miner hotkey ss58>``: the same for *user* memories that routing assigned to
+  that miner (ingested through :class:`~engram.validator.routed.RoutedClient`, or copied
+  there by a repair): challenges sample these too, so a miner cannot keep the validator's
+  probes and drop everyone else's memories.
 
 Entries expire after ``TTL_S`` (7 days) unless rewritten: old probes stop being
 challenged, and the bucket stays bounded.
@@ -36,6 +41,8 @@ from streams.retry import Backoff, retry
 __all__ = ["BUCKET", "ProbeLedger", "ProbeRecord"]
 
 BUCKET = "engram_probes"
+#: probe CIDs (``held``) and user memories routed to a miner (``routed``)
+KINDS = ("held", "routed")
 MAX_HELD = 4096  # CIDs remembered per miner (a KV value stays far below its 1 MiB limit)
 TTL_S = 7 * 24 * 3600.0
 _CAS = Backoff(initial=0.005, maximum=0.2, jitter=0.5)
@@ -73,8 +80,15 @@ class ProbeLedger:
         await self.record_many(miner_hotkey, [(cid, vector)])
 
     async def record_many(
-        self, miner_hotkey: str, items: Iterable[tuple[str, npt.ArrayLike]]
+        self,
+        miner_hotkey: str,
+        items: Iterable[tuple[str, npt.ArrayLike]],
+        *,
+        kind: str = "held",
     ) -> None:
+        """``kind``: ``held`` (probes) or ``routed`` (user memories)."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}")
         items = list(items)
         for cid, vector in items:
             arr = np.ascontiguousarray(vector, dtype="<f4")
@@ -83,14 +97,14 @@ class ProbeLedger:
         new = [cid for cid, _v in items]
 
         async def once() -> None:
-            held, rev = await self._held(miner_hotkey)
+            held, rev = await self._held(miner_hotkey, kind)
             have = set(held)
             merged = (held + [c for c in new if c not in have])[-MAX_HELD:]
             data = msgspec.msgpack.encode(merged)
             if rev is None:
-                await self.kv.create(f"held.{miner_hotkey}", data)
+                await self.kv.create(f"{kind}.{miner_hotkey}", data)
             else:
-                await self.kv.update(f"held.{miner_hotkey}", data, last=rev)
+                await self.kv.update(f"{kind}.{miner_hotkey}", data, last=rev)
 
         await retry(
             once, what="probe ledger update", retry_on=(KeyWrongLastSequenceError,), backoff=_CAS
@@ -108,9 +122,14 @@ class ProbeLedger:
         held, _rev = await self._held(miner_hotkey)
         return held
 
-    async def _held(self, miner_hotkey: str) -> tuple[list[str], int | None]:
+    async def routed_for(self, miner_hotkey: str) -> list[str]:
+        """The user memories routed (or repaired) to ``miner_hotkey``, oldest first."""
+        held, _rev = await self._held(miner_hotkey, "routed")
+        return held
+
+    async def _held(self, miner_hotkey: str, kind: str = "held") -> tuple[list[str], int | None]:
         try:
-            entry = await self.kv.get(f"held.{miner_hotkey}")
+            entry = await self.kv.get(f"{kind}.{miner_hotkey}")
         except (KeyNotFoundError, KeyDeletedError):
             return [], None
         return msgspec.msgpack.decode(entry.value or b"", type=list[str]), entry.revision

@@ -1,9 +1,10 @@
 """``engram validator run``: every validator step on the existing runners, in one process.
 
 Workers (durable consumers, ``streams.worker.Worker``): challenger, evaluator,
-dispatcher, verifier, weights setter. Projections (``streams.projection``): scorer and
-weight folder. Plus the scheduler. The VALIDATION and WEIGHTS streams hold every fact; a
-restart resumes each step where the log says it stopped (see each module).
+dispatcher, verifier, repair planner, repairer, weights setter. Projections
+(``streams.projection``): scorer, weight folder, replication. Plus the scheduler. The
+VALIDATION and WEIGHTS streams hold every fact; a restart resumes each step where the log
+says it stopped (see each module). User memories enter through :attr:`ValidatorNode.routed`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from .config import ValidatorConfig
 from .evaluator import Embed, Evaluator
 from .http import MinerHttp
 from .ledger import ProbeLedger
-from .repair import ReplicationProjection, peers_of
+from .repair import RepairPlanner, RepairWorker, ReplicationProjection, peers_of
+from .routed import RoutedClient
 from .scheduler import Scheduler
 from .scorer import ScorerService
 from .weights import ChainSetter, WeightFolder
@@ -80,6 +82,8 @@ class ValidatorNode:
     scheduler: Scheduler | None = None
     replication: ReplicationProjection = field(default_factory=ReplicationProjection)
     handle_signals: bool = True  # False when an owner (the devnet) handles SIGINT/SIGTERM
+    #: user memories in: routed to 3 miners, ground truth kept (set once running)
+    routed: RoutedClient | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stop(self) -> None:
@@ -174,11 +178,16 @@ class ValidatorNode:
                 chain, pub, attempts=cfg.set_weights_attempts, version_key=cfg.version_key
             )
             await setter.load_done(bus.js)
+            planner = RepairPlanner(chain, self.replication, pub)
+            repairer = RepairWorker(chain, http, ledger, pub)
+            self.routed = RoutedClient(chain, http, ledger, model_version)
             self.workers = [
                 worker("validator-challenger", challenger.handle, batch=1),
                 worker("validator-evaluator", evaluator.handle, batch=1),
                 worker("validator-dispatcher", Dispatcher(http, pub).handle, batch=256),
                 worker("validator-verifier", Verifier(ledger, pub).handle),
+                worker("validator-repair-planner", planner.handle, batch=1),
+                worker("validator-repairer", repairer.handle, batch=16),
                 worker("validator-weights-setter", setter.handle, batch=1),
             ]
             self.scorer = ScorerService(bus.js, pub, scorer_version=cfg.scorer_version)

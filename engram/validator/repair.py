@@ -20,17 +20,31 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import structlog
 
-from engram.chain.base import Metagraph
+from engram.chain.base import Chain, Metagraph
 from engram.core import CoreError, compute_cid
-from streams.events import Event, ProofVerified
+from streams.events import CadenceTicked, Event, ProofVerified, Repaired, RepairRequested
 from streams.projection import Projection
+from streams.publisher import Publisher
+from streams.worker import Delivery
 
+from .challenges import stale
 from .http import MinerHttp
-from .replication import Repair, ReplicaStatus, plan_repair, status_for
-from .routing import Peer, route
+from .ledger import ProbeLedger
+from .replication import Repair, ReplicaStatus, assigned_to, plan_repair, status_for
+from .routing import Peer
 
-__all__ = ["RepairOutcome", "Repairer", "ReplicationProjection", "peers_of"]
+__all__ = [
+    "RepairOutcome",
+    "RepairPlanner",
+    "RepairWorker",
+    "Repairer",
+    "ReplicationProjection",
+    "peers_of",
+]
+
+log = structlog.get_logger("engram.validator.repair")
 
 
 def peers_of(graph: Metagraph, exclude: Collection[str] = ()) -> list[Peer]:
@@ -39,25 +53,40 @@ def peers_of(graph: Metagraph, exclude: Collection[str] = ()) -> list[Peer]:
 
 
 class ReplicationProjection(Projection):
+    """Latest verdict per (routed CID, miner) — probes are the validator's private ground
+    truth for one miner and are not replicated, so only ``replicated`` verdicts count —
+    and the repairs done whose target has not proved the CID yet (``pending``: not
+    requested again)."""
+
     stream = "VALIDATION"
-    subjects = [ProofVerified.SUBJECT]
+    subjects = [ProofVerified.SUBJECT, Repaired.SUBJECT]
 
     def __init__(self) -> None:
         super().__init__()
         self.verdicts: dict[str, dict[str, bool]] = {}
+        self.pending: dict[str, set[str]] = {}
+        self.lost: set[str] = set()  # CIDs some miner failed to prove at least once
 
     def apply(self, seq: int, event: Event) -> None:
         if isinstance(event, ProofVerified) and event.cid and event.miner_hotkey:
-            if not event.void:
+            if event.replicated and not event.void:
                 self.verdicts.setdefault(event.cid, {})[event.miner_hotkey] = event.passed
+                self.pending.get(event.cid, set()).discard(event.miner_hotkey)
+                if not event.passed:
+                    self.lost.add(event.cid)
+        elif isinstance(event, Repaired) and event.ok:
+            self.pending.setdefault(event.cid, set()).add(event.target_hotkey)
 
     def reset(self) -> None:
         super().reset()
         self.verdicts = {}
+        self.pending = {}
+        self.lost = set()
 
     def status(self, cid: str, peers: Iterable[Peer]) -> ReplicaStatus:
-        assigned = [p.hotkey for p in route(cid, peers)]
-        return status_for(assigned, self.verdicts.get(cid, {}))
+        verdicts = self.verdicts.get(cid, {})
+        assigned = [p.hotkey for p in assigned_to(cid, peers, verdicts)]
+        return status_for(assigned, verdicts)
 
     def counts(self, peers: Iterable[Peer]) -> dict[str, int]:
         """How many known CIDs are in each status."""
@@ -66,10 +95,19 @@ class ReplicationProjection(Projection):
         return {s.value: tally.get(s.value, 0) for s in ReplicaStatus}
 
     def repairs(self, peers: Iterable[Peer], down: Collection[str] = ()) -> list[Repair]:
+        """Copies for the CIDs known to have lost a replica: a miner failed to prove it,
+        or a miner that proved it left the metagraph. A replica merely not sampled yet
+        (challenges ask a few CIDs per miner per round) is not a loss: no copy."""
         peers = list(peers)
+        present = {p.hotkey for p in peers} - set(down)
         out: list[Repair] = []
         for cid in sorted(self.verdicts):
-            out.extend(plan_repair(cid, peers, self.verdicts[cid], down))
+            gone = any(ok and h not in present for h, ok in self.verdicts[cid].items())
+            if cid not in self.lost and not gone:
+                continue
+            pending = self.pending.get(cid, set())
+            plans = plan_repair(cid, peers, self.verdicts[cid], down)
+            out.extend(p for p in plans if p.target.hotkey not in pending)
         return out
 
 
@@ -118,3 +156,86 @@ class Repairer:
         if put.body.get("cid") != r.cid:
             return RepairOutcome(r, False, f"target stored another CID {put.body.get('cid')!r}")
         return RepairOutcome(r, True)
+
+
+@dataclass
+class RepairPlanner:
+    """``validator-repair-planner``: a ``challenge`` tick → a :class:`RepairRequested` per
+    CID short of replicas (the projection's verdicts so far, over the metagraph's miners
+    now). The round id comes from the tick, so a redelivered tick requests nothing new."""
+
+    chain: Chain
+    projection: ReplicationProjection
+    publisher: Publisher
+
+    async def handle(self, deliveries: list[Delivery]) -> None:
+        for d in deliveries:
+            tick = d.event
+            if isinstance(tick, CadenceTicked) and tick.cadence == "challenge" and not stale(tick):
+                await self.plan(f"{tick.validator}:repair:{tick.seq}", tick.event_id)
+
+    async def plan(self, round_id: str, causation_id: str | None = None) -> list[RepairRequested]:
+        graph = await self.chain.metagraph()
+        peers = peers_of(graph, exclude={self.chain.hotkey})
+        out = [
+            RepairRequested(
+                causation_id=causation_id,
+                round_id=round_id,
+                cid=r.cid,
+                source_uid=r.source.uid,
+                source_hotkey=r.source.hotkey,
+                target_uid=r.target.uid,
+                target_hotkey=r.target.hotkey,
+            )
+            for r in self.projection.repairs(peers)
+        ]
+        if out:
+            await self.publisher.publish_many(out)
+            log.info("repairs requested", round_id=round_id, count=len(out))
+        return out
+
+
+@dataclass
+class RepairWorker:
+    """``validator-repairer``: :class:`RepairRequested` → :class:`Repairer` → the target
+    is recorded in the ledger as holding the CID (so challenges ask it next) →
+    :class:`Repaired`."""
+
+    chain: Chain
+    http: MinerHttp
+    ledger: ProbeLedger
+    publisher: Publisher
+
+    async def handle(self, deliveries: list[Delivery]) -> None:
+        requests = [d.event for d in deliveries if isinstance(d.event, RepairRequested)]
+        if not requests:
+            return
+        graph = await self.chain.metagraph()
+        out = [await self.repair(graph, r) for r in requests]
+        await self.publisher.publish_many(out)
+
+    async def repair(self, graph: Metagraph, r: RepairRequested) -> Repaired:
+        plan = Repair(
+            cid=r.cid,
+            source=Peer(r.source_uid, r.source_hotkey),
+            target=Peer(r.target_uid, r.target_hotkey),
+        )
+        outcome = await Repairer(self.http, graph).repair(plan)
+        if outcome.ok:
+            truth = await self.ledger.vector(r.cid)
+            if truth is not None:
+                await self.ledger.record_many(
+                    r.target_hotkey, [(r.cid, truth.array())], kind="routed"
+                )
+        log.info("repair", cid=r.cid, target=r.target_hotkey, ok=outcome.ok, reason=outcome.reason)
+        return Repaired(
+            causation_id=r.event_id,
+            request_id=r.event_id,
+            round_id=r.round_id,
+            cid=r.cid,
+            target_uid=r.target_uid,
+            target_hotkey=r.target_hotkey,
+            ok=outcome.ok,
+            reason=outcome.reason,
+            source_hotkey=r.source_hotkey,
+        )

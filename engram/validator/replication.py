@@ -17,7 +17,7 @@ from enum import StrEnum
 
 from .routing import REPLICAS, Peer, route
 
-__all__ = ["Repair", "ReplicaStatus", "plan_repair", "status_for", "status_of"]
+__all__ = ["Repair", "ReplicaStatus", "assigned_to", "plan_repair", "status_for", "status_of"]
 
 
 class ReplicaStatus(StrEnum):
@@ -47,6 +47,21 @@ def status_for(
     return status_of(confirmed, replicas)
 
 
+def assigned_to(
+    cid: str,
+    peers: Iterable[Peer],
+    verdicts: Mapping[str, bool],
+    down: Collection[str] = (),
+    replicas: int = REPLICAS,
+) -> list[Peer]:
+    """The miners ``cid`` belongs on now: the ``replicas`` closest, skipping miners whose
+    latest verdict for it failed or that are ``down`` — so when a miner loses a CID, the
+    next-closest one takes its place (and the CID is short of a replica until a repair
+    copies it there and that miner proves it)."""
+    failed = {h for h, ok in verdicts.items() if ok is False} | set(down)
+    return route(cid, peers, replicas, exclude=failed)
+
+
 @dataclass(frozen=True)
 class Repair:
     cid: str
@@ -68,13 +83,14 @@ def plan_repair(
     source) gives ``[]``.
     """
     peers = list(peers)
-    failed = {h for h, ok in verdicts.items() if ok is False} | set(down)
     confirmed = [p for p in route(cid, peers, len(peers)) if verdicts.get(p.hotkey) is True]
     confirmed = [p for p in confirmed if p.hotkey not in set(down)]
     if not confirmed:
         return []
     source = confirmed[0]
     targets = [
-        p for p in route(cid, peers, replicas, exclude=failed) if verdicts.get(p.hotkey) is not True
+        p
+        for p in assigned_to(cid, peers, verdicts, down, replicas)
+        if verdicts.get(p.hotkey) is not True
     ]
     return [Repair(cid=cid, source=source, target=t) for t in targets]

@@ -379,21 +379,42 @@ async def test_real_axon_in_signed_mode(node: MinerNode, serve: Serve) -> None:
         assert status == 200 and out["results"][0]["cid"] == cid
         status, out = await AxonClient(http).post("/QuerySynapse", {"query_text": "signed"})
         assert status == 401 and "signed requests" in out["error"]
-        ch = core.new_challenge(cid, "ab" * 32)
-        challenge = {
-            "cid": cid,
-            "nonce_hex": ch.nonce_hex,
-            "expires_at": ch.expires_at,
-            "validator_hotkey_hex": "ab" * 32,
-            "version": 2,
-        }
+        ch = core.new_challenge(cid, VALIDATOR.public_key.hex())
+        challenge = {**ch.as_dict(), "version": 2}
         status, out = await client.post("/ChallengeSynapse", challenge)
-        assert status == 403
+        assert status == 403 and "not a validator" in out["error"]
+        # a registered validator signs a challenge naming another hotkey: no proof oracle
+        for named in (OTHER.public_key.hex(), "ab" * 32):
+            other = {**challenge, "validator_hotkey_hex": named}
+            status, out = await AxonClient(http, VALIDATOR).post("/ChallengeSynapse", other)
+            assert status == 403 and "names another hotkey" in out["error"], out
+            assert "proof" not in out
+        # ... and the refusals did not use the nonce up: the honest challenge is answered
         status, out = await AxonClient(http, VALIDATOR).post("/ChallengeSynapse", challenge)
         assert status == 200 and out["proof"], out
+        vec = node.axon.store.get(cid)
+        assert vec is not None
+        assert core.verify_proof(ch, out["proof"], version=2, vec=vec.vector)
         async with http.get("/metrics") as r:
             text = await r.text()
         assert 'endpoint="/ChallengeSynapse",status="403"' in text  # refusals are counted
+
+
+async def test_open_mode_binds_signed_challenges_only(node: MinerNode) -> None:
+    """The node binds loopback, so it is open: a signed challenge must still name its
+    signer; an unsigned one is answered for any hotkey (/retrieve gives the vector anyway)."""
+    async with aiohttp.ClientSession(base_url=node.url) as http:
+        status, out = await AxonClient(http).post("/IngestSynapse", {"text": "Open axons."})
+        assert status == 200, out
+        cid = out["cid"]
+        named_other = {**core.new_challenge(cid, OTHER.public_key.hex()).as_dict(), "version": 2}
+        status, out = await AxonClient(http, CLIENT).post("/ChallengeSynapse", named_other)
+        assert status == 403 and "names another hotkey" in out["error"], out
+        status, out = await AxonClient(http).post("/ChallengeSynapse", named_other)
+        assert status == 200 and out["proof"], out
+        mine = {**core.new_challenge(cid, CLIENT.public_key.hex()).as_dict(), "version": 2}
+        status, out = await AxonClient(http, CLIENT).post("/ChallengeSynapse", mine)
+        assert status == 200 and out["proof"], out
 
 
 def test_cli_query_signs_with_the_client_key(tmp_path: Path) -> None:

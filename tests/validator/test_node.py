@@ -8,6 +8,7 @@ import asyncio
 from collections import Counter
 
 import msgspec
+import numpy as np
 from bittensor_core import Keypair
 
 from engram.bus import Bus
@@ -54,8 +55,24 @@ async def test_validator_node_sets_weights_and_resumes_without_double_counting(
     v = make()
     task = asyncio.create_task(v.run())
     try:
+        # a user memory through the node's routing client: with one miner it has one replica
+        await until(lambda: v.routed is not None, timeout=60)
+        assert v.routed is not None
+        vec = np.asarray(embedder.embed(["a user's memory, routed"]), dtype=np.float32)[0]
+        routed = await v.routed.ingest(vec, {"from": "a user"})
+        assert [p.hotkey for p in routed.stored] == [r]
         await until(lambda: _weights_set(bus, 1), timeout=90)
-        await until(lambda: events_of(bus.js, "VALIDATION", ProofVerified), timeout=60)
+
+        async def user_memory_verified() -> bool:
+            verdicts = await events_of(bus.js, "VALIDATION", ProofVerified)
+            return any(e.replicated and e.cid == routed.cid for e in verdicts)  # type: ignore[attr-defined]
+
+        await until(user_memory_verified, timeout=60)
+
+        async def followed() -> bool:  # the replication projection follows the log live
+            return routed.cid in v.replication.verdicts
+
+        await until(followed, timeout=10)
         report = await v.report()
     finally:
         v.stop()
@@ -66,8 +83,9 @@ async def test_validator_node_sets_weights_and_resumes_without_double_counting(
     assert row["hotkey"] == r and row["recall"] is not None and row["recall"] > 0.5
     assert row["weight"] == 1.0 and not row["slashed"]
     assert set(report["replication"]) == {"HEALTHY", "DEGRADED", "CRITICAL", "LOST"}
-    # probes live on one miner each: with one miner every challenged CID is CRITICAL
-    assert report["replication"]["CRITICAL"] >= 1
+    # only routed user memories are replicated (probes are one miner's private ground
+    # truth); with one miner the routed memory has 1 of 3 replicas
+    assert report["replication"]["CRITICAL"] == 1, report["replication"]
 
     graph = await chain.metagraph()
     me = graph.by_hotkey(vali.ss58_address)

@@ -76,12 +76,30 @@ async def test_repair_copies_a_verified_replica_to_the_assigned_miner(
         # the log: A proved it, B failed it (it never got it)
         await bus.publisher.publish_many(
             [
-                ProofVerified(challenge_id="c1", miner_uid=1, passed=True, cid=cid, miner_hotkey=a),
                 ProofVerified(
-                    challenge_id="c2", miner_uid=2, passed=False, cid=cid, miner_hotkey=b
+                    challenge_id="c1",
+                    miner_uid=1,
+                    passed=True,
+                    cid=cid,
+                    miner_hotkey=a,
+                    replicated=True,
                 ),
                 ProofVerified(
-                    challenge_id="c3", miner_uid=2, passed=False, cid=cid, miner_hotkey=b, void=True
+                    challenge_id="c2",
+                    miner_uid=2,
+                    passed=False,
+                    cid=cid,
+                    miner_hotkey=b,
+                    replicated=True,
+                ),
+                ProofVerified(
+                    challenge_id="c3",
+                    miner_uid=2,
+                    passed=False,
+                    cid=cid,
+                    miner_hotkey=b,
+                    void=True,
+                    replicated=True,
                 ),  # not counted either way
             ]
         )
@@ -108,7 +126,14 @@ async def test_repair_copies_a_verified_replica_to_the_assigned_miner(
         assert verify_proof(c, ans.body["proof"], vec=vec)
 
         await bus.publisher.publish(
-            ProofVerified(challenge_id="c4", miner_uid=2, passed=True, cid=cid, miner_hotkey=b)
+            ProofVerified(
+                challenge_id="c4",
+                miner_uid=2,
+                passed=True,
+                cid=cid,
+                miner_hotkey=b,
+                replicated=True,
+            )
         )
         await ProjectionRunner(bus.js, proj).catch_up()
         assert proj.status(cid, peers) is ReplicaStatus.DEGRADED  # 2 of 3
