@@ -31,6 +31,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from streams.errors import Unavailable
 
@@ -280,10 +281,12 @@ def limits_middleware(
                 if request.body_exists:
                     try:
                         await asyncio.wait_for(request.read(), limits.body_timeout_s)
-                    except (ConnectionResetError, HttpProcessingError):
-                        # cut off or malformed mid-body: a 4xx, not a logged 500 traceback
+                    except (ConnectionResetError, HttpProcessingError, RequestPayloadError):
+                        # cut off or malformed mid-body (a broken gzip stream): a 4xx, not a
+                        # logged 500 traceback
                         resp = web.json_response(
-                            {"error": "the body was cut off or is malformed"}, status=400
+                            {"error": "the body could not be read: cut off or malformed"},
+                            status=400,
                         )
                         resp.force_close()
                         return resp
