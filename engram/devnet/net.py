@@ -68,6 +68,23 @@ FAST = ValidatorConfig(
 NORMAL = ValidatorConfig(evaluation_s=15.0, challenge_s=20.0, weights_s=60.0)
 
 
+#: What a devnet user remembers (routed to 3 miners each by the validator's client).
+USER_MEMORIES = (
+    "Bees tell each other where flowers are with a waggle dance.",
+    "The Great Barrier Reef is the largest coral reef system on Earth.",
+    "Jupiter is the biggest planet in the solar system.",
+    "Water boils at 100 degrees Celsius at sea level.",
+    "The Rosetta Stone helped scholars read Egyptian hieroglyphs.",
+    "Octopuses have three hearts and blue blood.",
+    "Mount Everest is the highest mountain above sea level.",
+    "Honey never spoils if it is kept sealed.",
+    "The Amazon rainforest produces a fifth of the world's oxygen from its plants.",
+    "Light from the Sun takes about eight minutes to reach Earth.",
+    "The piano has eighty-eight keys.",
+    "Penguins live almost only in the Southern Hemisphere.",
+)
+
+
 @dataclass(frozen=True)
 class DevnetConfig:
     miners: int = 3
@@ -162,6 +179,7 @@ class Devnet:
         query_model = await asyncio.to_thread(get_embedder, cache_dir=cache, batch_size=1)
         batch_model = await asyncio.to_thread(get_embedder, cache_dir=cache)
         models = (query_model, batch_model)
+        self.batch_model = batch_model
         for i in range(cfg.miners):
             await self._start_miner(f"miner-{i}", "honest", models)
         honest = next((m for m in self.members if m.label == "honest"), None)
@@ -260,6 +278,7 @@ class Devnet:
             assert self.validator is not None
             task = asyncio.create_task(self.validator.run(), name="validator")
             refresher = asyncio.create_task(self._refresh(), name="devnet-refresh")
+            seeding = asyncio.create_task(self._seed_user_memories(), name="devnet-users")
             await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
             if task.done():  # the validator ended by itself: that is a failure
@@ -275,6 +294,7 @@ class Devnet:
         finally:
             if refresher is not None:
                 refresher.cancel()
+                seeding.cancel()
             if task is not None and not task.done():
                 assert self.validator is not None
                 self.validator.stop()
@@ -286,6 +306,21 @@ class Devnet:
                     loop.remove_signal_handler(sig)
             if temp and self.root is not None:
                 shutil.rmtree(self.root, ignore_errors=True)
+
+    async def _seed_user_memories(self) -> None:
+        """A user's memories, routed by the validator's client to 3 miners each (XOR
+        routing), so challenges sample real user memories and the replication projection
+        and repair have work (HEALTHY / DEGRADED / ... in the result)."""
+        assert self.validator is not None
+        while self.validator.routed is None:
+            await asyncio.sleep(0.1)
+        routed = self.validator.routed
+        vectors = await asyncio.to_thread(self.batch_model.embed, list(USER_MEMORIES))
+        for i, vec in enumerate(vectors):
+            try:
+                await routed.ingest(vec, {"user": "devnet", "n": i})
+            except Exception as exc:  # a refusing miner is the validator's business
+                log.warning("devnet user memory not routed", n=i, error=repr(exc))
 
     async def _audit(self) -> None:
         assert self.bus is not None and self.validator is not None
