@@ -6,9 +6,9 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 setup:
     pip install -q ./engram-core -e '.[dev]'
 
-# the main job on the embedded defaults
+# the main job on the embedded defaults: a devnet (miners, a validator, the local chain)
 run:
-    engram demo
+    engram devnet
 
 # every test: the Rust crate's own tests and vectors, then pytest (real NATS, model, index)
 test:
@@ -27,4 +27,6 @@ lint:
 bench:
     engram bench bus --events 20000 --json
     engram bench core --rows 100000 --dim 384 --json
+    engram bench floats --count 5000000 --json
     engram bench ingest --docs 5000 --json
+    engram bench validator --miners 64 --json

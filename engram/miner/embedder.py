@@ -433,7 +433,11 @@ def get_embedder(
     lanes: int = 1,
 ) -> Embedder:
     """The process-wide :class:`Embedder` for this configuration (loaded on first use)."""
-    key = (model, str(cache_dir or ""), threads, batch_size, lanes)
+    # by the real folder: nodes whose cache dirs link to the same model files share one
+    # loaded model (a model is ~100 MiB; a process that starts many nodes, as the devnet
+    # and the tests do, must not load one per node)
+    where = os.path.realpath(cache_dir) if cache_dir else ""
+    key = (model, where, threads, batch_size, lanes)
     with _instances_lock:
         emb = _instances.get(key)
         if emb is None:
