@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from streams.errors import Unavailable
 from streams.retry import Backoff, retry
 
 from .base import ChainRefused, ChainUnavailable, Metagraph, Neuron, WeightsReceipt
@@ -42,7 +43,7 @@ T = TypeVar("T")
 RECONNECT = Backoff(initial=0.5, maximum=30.0)
 
 
-class _Reconnect(Exception):
+class _Reconnect(Unavailable):
     """Internal: the connection failed; reconnect and retry."""
 
 

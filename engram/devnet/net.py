@@ -154,6 +154,13 @@ class Devnet:
             embed_batch=32,
             embed_batch_wait_s=0.02,
             stop_grace_s=3.0,
+            # as on a real subnet: signed requests only, and storage challenges only from
+            # validators the (local) chain lists, so a copycat cannot forward a challenge
+            # to an honest miner and pass it
+            axon_auth="signed",
+            chain="local",
+            chain_nats_url=self.server.url if self.server is not None else None,
+            chain_refresh_s=1.0,
         )
 
     async def _start_miner(
