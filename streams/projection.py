@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -298,6 +298,36 @@ class ProjectionRunner:
                         break
         finally:
             await self._maybe_snapshot(force=True)
+
+    async def run_beside(
+        self,
+        step: Callable[[], Awaitable[object]],
+        stop: asyncio.Event,
+        *,
+        every_s: float,
+        what: str,
+    ) -> None:
+        """For a service that acts on what this projection folds: catch up first (so the
+        service sees everything already on the stream), then follow the stream while
+        calling ``step`` every ``every_s`` until ``stop``. A failing step is logged and
+        tried again next time; a failure of the projection itself ends this."""
+        await self.catch_up()
+        follow = asyncio.create_task(self.run())
+        try:
+            while not stop.is_set():
+                if follow.done():
+                    follow.result()
+                try:
+                    await step()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("step failed; retrying", what=what, error=repr(exc))
+                await sleep_or_stop(every_s, stop)
+        finally:
+            self.stop()
+            follow.cancel()
+            await asyncio.gather(follow, return_exceptions=True)
 
     async def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
         """Wait until the projection has applied ``seq``; False on timeout."""

@@ -18,7 +18,6 @@ others are pending again, so nothing is counted twice or lost. A uid that change
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -196,23 +195,6 @@ class ScorerService:
         return n
 
     async def run(self, stop: asyncio.Event) -> None:
-        # catch up before scoring: a round scored before a restart is only known to be
-        # done once its ScoreUpdated has been applied
-        await self.runner.catch_up()
-        follow = asyncio.create_task(self.runner.run())
-        try:
-            while not stop.is_set():
-                if follow.done():
-                    follow.result()
-                try:
-                    await self.score_pending()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("scoring failed; retrying", error=repr(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.poll_s)
-        finally:
-            self.runner.stop()
-            follow.cancel()
-            await asyncio.gather(follow, return_exceptions=True)
+        # the runner catches up before scoring: a round scored before a restart is only
+        # known to be done once its ScoreUpdated has been applied
+        await self.runner.run_beside(self.score_pending, stop, every_s=self.poll_s, what="scoring")

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 
 import structlog
@@ -148,24 +147,9 @@ class WeightFolder:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.load_proposed()
-        await self.runner.catch_up()
-        follow = asyncio.create_task(self.runner.run())
-        try:
-            while not stop.is_set():
-                if follow.done():
-                    follow.result()
-                try:
-                    await self.fold_due()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("weight folding failed; retrying", error=repr(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.poll_s)
-        finally:
-            self.runner.stop()
-            follow.cancel()
-            await asyncio.gather(follow, return_exceptions=True)
+        await self.runner.run_beside(
+            self.fold_due, stop, every_s=self.poll_s, what="weight folding"
+        )
 
 
 @dataclass
