@@ -68,9 +68,10 @@ class AsyncEngramClient:
         self,
         base_url: str | Sequence[str] = "http://127.0.0.1:8091",
         timeout: float = 30.0,
+        namespace: str = "public",
         *,
         hotkey: Any = None,
-        namespace: str = "public",
+        keypair: Any = None,
         retries: int = 3,
         wait_s: float = 30.0,
         retry: RetryPolicy | None = None,
@@ -79,6 +80,7 @@ class AsyncEngramClient:
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls:
             raise ValueError("base_url: give at least one miner URL")
+        hotkey = hotkey if hotkey is not None else keypair  # ``keypair``: predecessor name
         self._core = ClientCore(
             urls=[u.rstrip("/") for u in urls],
             timeout_s=timeout,

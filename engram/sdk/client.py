@@ -106,7 +106,8 @@ class EngramClient:
     when one does not answer).
 
     ``hotkey`` (a bittensor keypair, a hotkey file, or a mnemonic / secret URI such as
-    ``//Alice``) signs every request with btauth/1; without it requests are unsigned
+    ``//Alice``; ``keypair`` is the predecessor's name for it) signs every request with
+    btauth/1; without it requests are unsigned
     (accepted only by a miner in ``open`` mode). ``timeout`` is per HTTP request;
     ``retries`` on connection errors, timeouts and 5xx only, with backoff and the miner's
     ``Retry-After``; ``wait_s`` bounds how long ``ingest`` waits for its memory to be
@@ -116,9 +117,10 @@ class EngramClient:
         self,
         base_url: str | Sequence[str] = "http://127.0.0.1:8091",
         timeout: float = 30.0,
+        namespace: str = "public",
         *,
         hotkey: Any = None,
-        namespace: str = "public",
+        keypair: Any = None,
         retries: int = 3,
         wait_s: float = 30.0,
         retry: RetryPolicy | None = None,
@@ -126,6 +128,7 @@ class EngramClient:
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls:
             raise ValueError("base_url: give at least one miner URL")
+        hotkey = hotkey if hotkey is not None else keypair  # ``keypair``: predecessor name
         self._core = ClientCore(
             urls=[u.rstrip("/") for u in urls],
             timeout_s=timeout,

@@ -55,6 +55,7 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "error_for",
+    "refused_here",
 ]
 
 
@@ -203,3 +204,10 @@ def error_for(
     if cls is None:
         cls = IngestRefused if op == "ingest" else QueryRefused if op == "query" else BadRequest
     return cls(status, reason, url, body)
+
+
+def refused_here(op: str, reason: str) -> BadRequest:
+    """A request the SDK refuses before sending it (``status`` 0): NaN in a vector,
+    metadata that is not JSON, an item without text."""
+    cls = IngestRefused if op == "ingest" else QueryRefused if op == "query" else BadRequest
+    return cls(0, reason)

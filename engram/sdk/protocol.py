@@ -38,6 +38,7 @@ from .errors import (
     QueryRefused,
     ServerError,
     error_for,
+    refused_here,
     retry_after_of,
 )
 from .models import BlobReceipt, Hit, ItemResult, Memory, MemoryPage
@@ -181,23 +182,23 @@ def _check_content_cid(cid: object) -> str:
     return cid
 
 
-def _dumps(body: Any) -> bytes:
+def _dumps(body: Any, op: str = "") -> bytes:
     try:
         return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
     except ValueError as exc:  # NaN / infinity
-        raise BadRequest(0, f"the request is not valid JSON: {exc}") from None
+        raise refused_here(op, f"the request is not valid JSON: {exc}") from None
     except TypeError as exc:
-        raise BadRequest(0, f"the request cannot be sent as JSON: {exc}") from None
+        raise refused_here(op, f"the request cannot be sent as JSON: {exc}") from None
 
 
-def _vector(values: Any) -> list[float]:
+def _vector(values: Any, op: str) -> list[float]:
     """A vector as a list of floats (numpy arrays and buffers via ``tolist``)."""
     if hasattr(values, "tolist"):
         values = values.tolist()
     try:
         return [float(x) for x in values]
     except (TypeError, ValueError):
-        raise BadRequest(0, "a vector must be a sequence of numbers") from None
+        raise refused_here(op, "a vector must be a sequence of numbers") from None
 
 
 def _request_id() -> str:
@@ -336,7 +337,7 @@ class ClientCore:
             yield Sleep(delay)
 
     def send_json(self, method: str, path: str, body: Any = None, **kw: Any) -> Op[dict[str, Any]]:
-        data = None if body is None else _dumps(body)
+        data = None if body is None else _dumps(body, kw.get("op", ""))
         ctype = None if body is None else "application/json"
         reply = yield from self.send(method, path, data, ctype, **kw)
         return reply.json_object()
@@ -377,10 +378,10 @@ class ClientCore:
             "request_id": request_id or _request_id(),
         }
         if embedding is not None:
-            body["raw_embedding"] = _vector(embedding)
+            body["raw_embedding"] = _vector(embedding, "ingest")
         else:
             if not isinstance(text, str):
-                raise IngestRefused(0, f"text must be a string, not {type(text).__name__}")
+                raise refused_here("ingest", f"text must be a string, not {type(text).__name__}")
             body["text"] = text
         return body
 
@@ -438,11 +439,11 @@ class ClientCore:
         if isinstance(item, str):
             return self.ingest_body(item, None, None, namespace, None)
         if not isinstance(item, Mapping):
-            raise IngestRefused(0, "an item must be a string or an object with text/embedding")
+            raise refused_here("ingest", "an item must be a string or an object with text/embedding")
         emb = item.get("embedding", item.get("raw_embedding"))
         meta = item.get("metadata")
         if meta is not None and not isinstance(meta, Mapping):
-            raise IngestRefused(0, "metadata must be an object")
+            raise refused_here("ingest", "metadata must be an object")
         ns = item.get("namespace", namespace)
         body = self.ingest_body(item.get("text"), emb, meta, ns, item.get("request_id"))
         return body
@@ -587,7 +588,7 @@ class ClientCore:
         filter: Mapping[str, Any] | None = None,
         include_text: bool = False,
     ) -> Op[list[Hit]]:
-        body = {"query_vector": _vector(vector), "top_k": top_k}
+        body = {"query_vector": _vector(vector, "query"), "top_k": top_k}
         return (yield from self._query(body, namespace, filter, include_text))
 
     # --- memories -----------------------------------------------------------------------

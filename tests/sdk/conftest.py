@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,3 +137,29 @@ def url(live_miner: LiveMiner) -> str:
 def tmp_jsonl(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+Call = Callable[..., Any]
+
+
+def caller(kind: str, url: str | list[str], **kw: Any) -> Call:
+    """``call(method, *args)`` on a fresh sync or async client: one test body exercises
+    both drivers of the shared core."""
+    from engram.sdk import AsyncEngramClient, EngramClient
+
+    def call(method: str, *args: Any, **kwargs: Any) -> Any:
+        if kind == "sync":
+            return getattr(EngramClient(url, **kw), method)(*args, **kwargs)
+
+        async def go() -> Any:
+            async with AsyncEngramClient(url, **kw) as c:
+                return await getattr(c, method)(*args, **kwargs)
+
+        return asyncio.run(go())
+
+    return call
+
+
+@pytest.fixture(params=["sync", "async"])
+def driver(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
