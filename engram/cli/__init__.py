@@ -105,5 +105,11 @@ if importlib.util.find_spec("engram.cli.devnet") is not None:  # the devnet
     _devnet.register(main)
 
 
+if importlib.util.find_spec("engram.cli.publish") is not None:  # the direct publisher
+    from . import publish as _publish
+
+    _publish.register(main)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
