@@ -70,9 +70,7 @@ def keypair_from_seed(seed: str, what: str = "miner_hotkey_seed") -> Any:
     try:
         return bittensor_core.Keypair.from_uri(seed.strip())
     except Exception:
-        raise ConfigError(
-            f"{what}: not a mnemonic, secret URI or 0x-hex 32-byte seed"
-        ) from None
+        raise ConfigError(f"{what}: not a mnemonic, secret URI or 0x-hex 32-byte seed") from None
 
 
 def resolve_keypair(hotkey: Any) -> Any:

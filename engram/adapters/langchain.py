@@ -77,8 +77,8 @@ class EngramVectorStore(VectorStore):
         if failed:
             first = failed[0]
             raise IngestRefused(
-                400, f"{len(failed)} of {len(texts)} texts refused; item {first.index}: "
-                f"{first.error}"
+                400,
+                f"{len(failed)} of {len(texts)} texts refused; item {first.index}: {first.error}",
             )
         return [str(r.cid) for r in results]
 

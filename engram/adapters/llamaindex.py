@@ -72,7 +72,8 @@ class EngramVectorStore(BasePydanticVectorStore):
         self, client: EngramClient | None = None, namespace: str | None = None, **kwargs: Any
     ) -> None:
         client = client if client is not None else EngramClient(**kwargs)
-        super().__init__(namespace=namespace if namespace is not None else client.namespace)
+        super().__init__(stores_text=True)
+        self.namespace = namespace if namespace is not None else client.namespace
         self._client = client
 
     @property

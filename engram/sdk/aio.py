@@ -297,7 +297,7 @@ class AsyncEngramClient:
         filter: Mapping[str, Any] | None = None,
     ) -> MemoryPage:
         return await self._run(
-            self._core.list(namespace, limit=limit, cursor=cursor, filter=filter)
+            self._core.list_memories(namespace, limit=limit, cursor=cursor, filter=filter)
         )
 
     async def create_namespace(self, namespace: str, visibility: str = "private") -> dict[str, Any]:

@@ -75,7 +75,7 @@ def _exchange(ex: Exchange) -> Reply | TransportFailure:
         reason = err.reason
         kind = "timeout" if isinstance(reason, TimeoutError | socket.timeout) else "connect"
         return TransportFailure(kind, str(reason))
-    except (TimeoutError, socket.timeout) as err:
+    except TimeoutError as err:
         return TransportFailure("timeout", f"no answer within {ex.timeout_s:g}s ({err})")
     except (ConnectionError, http.client.HTTPException, OSError) as err:
         return TransportFailure("connect", f"{type(err).__name__}: {err}")
@@ -281,9 +281,7 @@ class EngramClient:
         results = self.batch_ingest(path)
         cids = [r.cid for r in results if r.cid]
         errors = [
-            f"line {r.line}: {r.error}" if r.line else str(r.error)
-            for r in results
-            if not r.ok
+            f"line {r.line}: {r.error}" if r.line else str(r.error) for r in results if not r.ok
         ]
         return (cids, errors) if return_errors else cids
 
@@ -339,7 +337,9 @@ class EngramClient:
         filter: Mapping[str, Any] | None = None,
     ) -> MemoryPage:
         """One page of a namespace's memories; pass ``next_cursor`` for the next."""
-        return self._run(self._core.list(namespace, limit=limit, cursor=cursor, filter=filter))
+        return self._run(
+            self._core.list_memories(namespace, limit=limit, cursor=cursor, filter=filter)
+        )
 
     def create_namespace(self, namespace: str, visibility: str = "private") -> dict[str, Any]:
         """Create a namespace owned by your hotkey (``private`` or ``public``)."""

@@ -46,11 +46,13 @@ class Memory:
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Memory:
         emb = body.get("embedding")
+        meta = body.get("metadata")
+        text = body.get("text")
         return cls(
             cid=str(body["cid"]),
             namespace=str(body.get("namespace") or "public"),
-            text=body.get("text") if isinstance(body.get("text"), str) else None,
-            metadata=body.get("metadata") if isinstance(body.get("metadata"), dict) else {},
+            text=text if isinstance(text, str) else None,
+            metadata=meta if isinstance(meta, dict) else {},
             model_version=body.get("model_version"),
             embedding=[float(x) for x in emb] if isinstance(emb, list) else None,
         )

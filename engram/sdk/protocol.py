@@ -307,12 +307,8 @@ class ClientCore:
             if signed and self.keypair is not None:
                 receiver = yield from self._receiver(base)
                 if receiver is not None:
-                    headers.update(
-                        sign_headers(self.keypair, method, path, body or b"", receiver)
-                    )
-            outcome = yield Exchange(
-                base, method, path, body, headers, timeout_s or self.timeout_s
-            )
+                    headers.update(sign_headers(self.keypair, method, path, body or b"", receiver))
+            outcome = yield Exchange(base, method, path, body, headers, timeout_s or self.timeout_s)
             if isinstance(outcome, Reply) and (outcome.status < 500 or outcome.status in accept):
                 if outcome.status < 400 or outcome.status in accept:
                     return outcome
@@ -439,7 +435,9 @@ class ClientCore:
         if isinstance(item, str):
             return self.ingest_body(item, None, None, namespace, None)
         if not isinstance(item, Mapping):
-            raise refused_here("ingest", "an item must be a string or an object with text/embedding")
+            raise refused_here(
+                "ingest", "an item must be a string or an object with text/embedding"
+            )
         emb = item.get("embedding", item.get("raw_embedding"))
         meta = item.get("metadata")
         if meta is not None and not isinstance(meta, Mapping):
@@ -610,7 +608,7 @@ class ClientCore:
         out = yield from self.send_json("DELETE", f"/memory/{quote(cid, safe=':')}", op="delete")
         return bool(out.get("deleted", True))
 
-    def list(
+    def list_memories(
         self,
         namespace: str | None = None,
         *,
@@ -692,8 +690,7 @@ class ClientCore:
         their answer time in seconds."""
         t0 = time.monotonic()
         steps = tuple(
-            Exchange(u, "GET", "/health", None, {"User-Agent": USER_AGENT}, timeout_s)
-            for u in urls
+            Exchange(u, "GET", "/health", None, {"User-Agent": USER_AGENT}, timeout_s) for u in urls
         )
         outcomes = yield Parallel(steps)
         live: list[tuple[str, float]] = []
@@ -735,4 +732,3 @@ def run_sync(op: Op[T], perform: Callable[[Step], Any]) -> T:
             step = op.send(perform(step))
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
-

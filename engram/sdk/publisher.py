@@ -185,6 +185,7 @@ class DirectPublisher:
         ns = item.get("namespace") or namespace
         if reason := check_ingest(text, meta, ns, self.model_version):
             raise ValueError(reason)
+        assert isinstance(text, str)  # check_ingest accepts strings only
         rid = item.get("request_id")
         if rid is None:
             rid = content_request_id(text, meta, ns)
@@ -263,7 +264,7 @@ class DirectPublisher:
         pending = {f for f in futs.values() if not f.done()}
         deadline = loop.time() + timeout_s
         while pending and loop.time() < deadline:
-            done, pending = await asyncio.wait(
+            _done, pending = await asyncio.wait(
                 pending, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
             )
             if progress is not None:

@@ -88,9 +88,7 @@ async def test_langchain_async_retriever(client: EngramClient) -> None:
 # --- LlamaIndex --------------------------------------------------------------------------
 
 
-def test_llamaindex_index_build_and_retrieve(
-    client: EngramClient, sdk_embedder: Embedder
-) -> None:
+def test_llamaindex_index_build_and_retrieve(client: EngramClient, sdk_embedder: Embedder) -> None:
     store = li.EngramVectorStore(client=client)
     assert isinstance(store, BasePydanticVectorStore) and store.stores_text
     embed = li.EngramEmbedding(sdk_embedder)
@@ -126,7 +124,9 @@ def test_llamaindex_nodes_and_query_by_embedding(
     store = li.EngramVectorStore(client=client)
     embed = li.EngramEmbedding(sdk_embedder)
     nodes = [TextNode(text=t, metadata=m) for t, m in FACTS]
-    index = VectorStoreIndex(nodes, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed)  # noqa: E501
+    index = VectorStoreIndex(
+        nodes, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed
+    )
     assert index.vector_store is store
     q = VectorStoreQuery(query_embedding=embed.get_query_embedding("cells"), similarity_top_k=1)
     res = store.query(q)

@@ -17,7 +17,10 @@ async def test_async_surface(url: str, ns: str) -> None:
     async with AsyncEngramClient(url, hotkey=CLIENT, namespace=ns) as c:
         assert (await c.health())["auth"] == "signed" and await c.is_online()
         cid = await c.ingest("Jupiter is the largest planet.", {"kind": "fact"}, request_id="j")
-        assert await c.ingest("Jupiter is the largest planet.", {"kind": "fact"}, request_id="j") == cid  # noqa: E501
+        assert (
+            await c.ingest("Jupiter is the largest planet.", {"kind": "fact"}, request_id="j")
+            == cid
+        )
         mem = await c.get(cid)
         assert isinstance(mem, Memory) and mem.text == "Jupiter is the largest planet."
         v = [0.0] * 384

@@ -48,7 +48,14 @@ def test_ingest_get_query_and_idempotent_retry(client: EngramClient, ns: str) ->
     )
     assert cid.startswith("v1::") and len(cid) == 68
     # the same request id again: the same memory, not a second one
-    assert client.ingest("Photosynthesis turns sunlight into chemical energy.", {"topic": "biology"}, request_id="bio-1") == cid  # noqa: E501
+    assert (
+        client.ingest(
+            "Photosynthesis turns sunlight into chemical energy.",
+            {"topic": "biology"},
+            request_id="bio-1",
+        )
+        == cid
+    )
     client.ingest("The stock market fell sharply on Tuesday.", {"topic": "finance"})
     assert client.stats()["namespaces"][ns] == 2
 
@@ -59,7 +66,7 @@ def test_ingest_get_query_and_idempotent_retry(client: EngramClient, ns: str) ->
     assert mem.embedding is not None and len(mem.embedding) == 384
 
     hits = client.query("how do plants make energy from light", top_k=2)
-    assert [h.cid for h in hits][0] == cid
+    assert hits[0].cid == cid
     assert isinstance(hits[0], Hit) and hits[0]["cid"] == cid  # a dict too (predecessor)
     assert hits[0].score > hits[1].score and hits[0].text is None
 

@@ -63,7 +63,9 @@ def test_predecessor_script_runs_unchanged(url: str, tmp_path: Path) -> None:
     cids = [c for c, _s, _m in out["query"]]
     assert out["cid2"] in cids and out["cid"] in cids
     assert dict((c, m) for c, _s, m in out["query"])[out["cid2"]] == {"paper": "vaswani"}
-    assert [s for _c, s, _m in out["query"]] == sorted((s for _c, s, _m in out["query"]), reverse=True)  # noqa: E501
+    assert [s for _c, s, _m in out["query"]] == sorted(
+        (s for _c, s, _m in out["query"]), reverse=True
+    )
     assert out["by_vector"] == [out["raw"]]
     assert len(out["file"]) == 2 and all(c.startswith("v1::") for c in out["file"])
     cids_again, errors = out["file_errors"]

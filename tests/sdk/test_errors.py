@@ -111,7 +111,7 @@ class Stalled:
             s = socket.create_connection((host, int(port)))
             s.sendall(
                 b"POST /QuerySynapse HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 100\r\n\r\n{\"query_"
+                b'Content-Length: 100\r\n\r\n{"query_'
             )
             self.socks.append(s)
         time.sleep(0.3)  # let the axon take them in
@@ -214,9 +214,7 @@ def test_a_retry_after_beyond_the_cap_is_not_waited_for(script: Script, driver: 
     assert len(script.requests) == 1
 
 
-def test_accepted_but_not_stored_in_time_is_an_ingest_timeout(
-    script: Script, driver: str
-) -> None:
+def test_accepted_but_not_stored_in_time_is_an_ingest_timeout(script: Script, driver: str) -> None:
     pending = {"status": "pending", "cid": None, "error": None}
     script.answers = [(202, {"status": "accepted", "cid": None, "error": None}, {})] + [
         (200, pending, {})
