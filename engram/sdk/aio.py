@@ -313,7 +313,7 @@ class AsyncEngramClient:
         self,
         image: bytes | str | os.PathLike[str],
         *,
-        media_type: str = "image/png",
+        media_type: str | None = None,
         filename: str | None = None,
         namespace: str | None = None,
         metadata: Mapping[str, Any] | None = None,

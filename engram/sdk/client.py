@@ -357,12 +357,13 @@ class EngramClient:
         self,
         image: bytes | str | os.PathLike[str],
         *,
-        media_type: str = "image/png",
+        media_type: str | None = None,
         filename: str | None = None,
         namespace: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> BlobReceipt:
-        """Upload an image (bytes or a file); the miner describes and remembers it."""
+        """Upload an image (bytes or a file); the miner describes and remembers it.
+        ``media_type`` is read from the bytes (PNG, JPEG, GIF, WebP) when not given."""
         return self._run(
             self._core.ingest_blob(
                 image,

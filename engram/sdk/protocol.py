@@ -56,6 +56,7 @@ __all__ = [
     "TransportFailure",
     "axon_urls",
     "check_cid",
+    "image_type",
     "jsonl_items",
     "pick_live",
     "run_sync",
@@ -224,6 +225,32 @@ def _multipart(
         out += [head.encode(), b"\r\n", data, b"\r\n"]
     out.append(f"--{boundary}--\r\n".encode())
     return b"".join(out), f"multipart/form-data; boundary={boundary}"
+
+
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"%PDF-", "application/pdf"),
+)
+
+
+def image_type(data: bytes, filename: str | None = None) -> str:
+    """The media type of an upload: from its first bytes (PNG, JPEG, GIF, WebP, PDF),
+    else its file name, else ``application/octet-stream``."""
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            return kind
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if filename:
+        import mimetypes
+
+        guessed, _enc = mimetypes.guess_type(filename)
+        if guessed:
+            return guessed
+    return "application/octet-stream"
 
 
 def jsonl_items(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
@@ -647,7 +674,7 @@ class ClientCore:
         self,
         data: bytes | str | os.PathLike[str],
         *,
-        media_type: str,
+        media_type: str | None,
         filename: str | None = None,
         namespace: str | None = None,
         metadata: Mapping[str, Any] | None = None,
@@ -656,6 +683,7 @@ class ClientCore:
             path = Path(data)
             filename = filename or path.name
             data = path.read_bytes()
+        media_type = media_type or image_type(data, filename)
         fields: list[tuple[str, str | bytes, str | None, str | None]] = [
             ("file", data, filename or "blob", media_type)
         ]

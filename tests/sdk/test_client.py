@@ -187,3 +187,14 @@ def test_an_ingest_the_worker_rejects_is_an_ingest_refused(client: EngramClient)
     with pytest.raises(IngestRefused) as exc:
         client.ingest_embedding(unit(384, 1), model_version="v9")
     assert exc.value.status == 400 and "v9" in exc.value.reason
+
+
+def test_upload_media_types_are_read_from_the_bytes() -> None:
+    from engram.sdk.protocol import image_type
+
+    assert image_type(b"\x89PNG\r\n\x1a\n....") == "image/png"
+    assert image_type(b"\xff\xd8\xff\xe0") == "image/jpeg"
+    assert image_type(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "image/webp"
+    assert image_type(b"%PDF-1.4") == "application/pdf"
+    assert image_type(b"????", "scan.tiff") == "image/tiff"
+    assert image_type(b"????") == "application/octet-stream"
