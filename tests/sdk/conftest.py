@@ -32,6 +32,7 @@ MINER_SEED = "//EngramSDKMiner"
 MINER = bittensor_core.Keypair.from_uri(MINER_SEED)
 CLIENT = bittensor_core.Keypair.from_uri("//EngramSDKClient")
 STRANGER = bittensor_core.Keypair.from_uri("//EngramSDKStranger")
+ALICE = bittensor_core.Keypair.from_uri("//Alice")  # the README's quick start signs as her
 MAX_INFLIGHT = 4
 
 
@@ -62,6 +63,7 @@ async def _register_chain(js: Any, port: int) -> None:
     chain = await LocalChain.open(js, MINER.ss58_address, netuid=1)
     await chain.register(MINER.ss58_address)
     await chain.register(CLIENT.ss58_address, stake=10.0)
+    await chain.register(ALICE.ss58_address, stake=10.0)
     await chain.acting_as(MINER.ss58_address).serve_axon("127.0.0.1", port)
 
 

@@ -198,3 +198,16 @@ def test_upload_media_types_are_read_from_the_bytes() -> None:
     assert image_type(b"%PDF-1.4") == "application/pdf"
     assert image_type(b"????", "scan.tiff") == "image/tiff"
     assert image_type(b"????") == "application/octet-stream"
+
+
+def test_the_readme_quick_start_runs(url: str) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Build on Engram: the SDK", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len([ln for ln in code.splitlines() if ln.strip()]) <= 5  # install → first query
+    code = code.replace("http://127.0.0.1:8091", url)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "Engram remembers what you tell it." not in out.stdout  # a hit: cid, score, metadata
+    assert "'source': 'readme'" in out.stdout and "'cid': 'v1::" in out.stdout
