@@ -232,15 +232,12 @@ class DirectPublisher:
             events.append((res, ev))
         futs: dict[str, asyncio.Future[Stored | IngestRejected]] = {}
         loop = asyncio.get_running_loop()
-        confirmed = 0
 
         def settle(res: Published, ev: Stored | IngestRejected) -> None:
-            nonlocal confirmed
             if isinstance(ev, Stored):
                 res.status, res.cid, res.duplicate = "stored", ev.cid, ev.duplicate
             else:
                 res.status, res.error = "rejected", ev.reason
-            confirmed += 1
 
         published = 0
         size = max(1, batch)
@@ -258,7 +255,7 @@ class DirectPublisher:
             await self.publisher.publish_many([ev for _r, ev in chunk])
             published += len(chunk)
             if progress is not None:
-                progress(published, confirmed)
+                progress(published, sum(f.done() for f in futs.values()))
         if not wait:
             return results
         pending = {f for f in futs.values() if not f.done()}
@@ -269,6 +266,8 @@ class DirectPublisher:
             )
             if progress is not None:
                 progress(published, sum(f.done() for f in futs.values()))
+        if progress is not None:
+            progress(published, sum(f.done() for f in futs.values()))
         for res, ev in events:
             key = ev.request_key()
             fut = futs[key]

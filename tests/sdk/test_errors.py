@@ -13,6 +13,8 @@ import json
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -114,7 +116,16 @@ class Stalled:
                 b'Content-Length: 100\r\n\r\n{"query_'
             )
             self.socks.append(s)
-        time.sleep(0.3)  # let the axon take them in
+        # until the axon holds them all: a further request is refused at the limit (503)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{url}/stats", timeout=5).close()
+            except urllib.error.HTTPError as err:
+                if err.code == 503:
+                    return
+            time.sleep(0.05)
+        raise AssertionError("the stalled requests never filled the in-flight limit")
 
     def release(self) -> None:
         for s in self.socks:
