@@ -180,6 +180,19 @@ def test_the_sync_client_imports_no_aiohttp(url: str, ns: str) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == "[]"
+    # unsigned: bittensor is not even imported
+    unsigned = textwrap.dedent(
+        f"""
+        import sys
+        from engram.sdk import EngramClient
+        assert EngramClient({url!r}).health()["status"] == "ok"
+        print(sorted({{m.split(".")[0] for m in sys.modules}} & {{"aiohttp", "bittensor"}}))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", unsigned], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]"
 
 
 def test_an_ingest_the_worker_rejects_is_an_ingest_refused(client: EngramClient) -> None:
