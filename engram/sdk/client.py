@@ -73,8 +73,9 @@ def _exchange(ex: Exchange) -> Reply | TransportFailure:
         return Reply(err.code, {k.lower(): v for k, v in err.headers.items()}, body)
     except urllib.error.URLError as err:
         reason = err.reason
-        kind = "timeout" if isinstance(reason, TimeoutError | socket.timeout) else "connect"
-        return TransportFailure(kind, str(reason))
+        if isinstance(reason, TimeoutError | socket.timeout):
+            return TransportFailure("timeout", f"no answer within {ex.timeout_s:g}s ({reason})")
+        return TransportFailure("connect", str(reason))
     except TimeoutError as err:
         return TransportFailure("timeout", f"no answer within {ex.timeout_s:g}s ({err})")
     except (ConnectionError, http.client.HTTPException, OSError) as err:

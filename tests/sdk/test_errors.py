@@ -172,6 +172,9 @@ class _Handler(BaseHTTPRequestHandler):
         status, body, headers = (
             self.server.answers.pop(0) if self.server.answers else (200, {"status": "ok"}, {})
         )
+        headers = dict(headers)
+        if "X-Delay" in headers:  # answer late (not sent as a header)
+            time.sleep(float(headers.pop("X-Delay")))
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -240,3 +243,12 @@ def test_a_malformed_cid_from_a_miner_is_refused(script: Script, driver: str) ->
     script.answers = [(200, {"status": "stored", "cid": "v1::bogus", "error": None}, {})]
     with pytest.raises(InvalidCID):
         caller(driver, script.url)("ingest", "x")
+
+
+def test_a_miner_that_answers_too_late_times_out(script: Script, driver: str) -> None:
+    script.answers = [(200, {"memories": 1}, {"X-Delay": "1.5"})] * 2
+    t0 = time.monotonic()
+    with pytest.raises(Offline) as off:
+        caller(driver, script.url, timeout=0.3, retries=1)("stats")
+    assert "0.3" in str(off.value) and time.monotonic() - t0 < 1.5
+    assert len(script.requests) == 2  # a timeout is retried like a refused connection
