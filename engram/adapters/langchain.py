@@ -26,7 +26,7 @@ from langchain_core.vectorstores import VectorStore
 from engram.sdk import EngramClient, IngestRefused, NotFound
 from engram.sdk.models import Hit
 
-__all__ = ["EngramVectorStore"]
+__all__ = ["EngramEmbeddings", "EngramVectorStore"]
 
 
 class EngramVectorStore(VectorStore):
@@ -154,3 +154,22 @@ class EngramVectorStore(VectorStore):
         store = cls(client, namespace=namespace, embedding=embedding, **kwargs)
         store.add_texts(texts, metadatas, ids=ids)
         return store
+
+
+class EngramEmbeddings(Embeddings):
+    """The subnet's embedding model (int8 all-MiniLM-L6-v2, what the miners run) loaded
+    locally as LangChain ``Embeddings``: vectors identical to the miners', for
+    ``similarity_search_by_vector`` or any LangChain component that embeds."""
+
+    def __init__(self, embedder: Any = None) -> None:
+        if embedder is None:
+            from engram.miner.embedder import get_embedder
+
+            embedder = get_embedder()
+        self._embedder = embedder
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return [[float(x) for x in row] for row in self._embedder.embed(texts)]
+
+    def embed_query(self, text: str) -> list[float]:
+        return [float(x) for x in self._embedder.embed_one(text)]

@@ -78,6 +78,20 @@ def test_langchain_ids_are_idempotency_keys_and_from_texts(client: EngramClient,
         store.add_texts(["fine", "   "])  # the miner refuses blank text
 
 
+def test_langchain_search_by_the_miners_own_vectors(
+    client: EngramClient, sdk_embedder: Embedder
+) -> None:
+    emb = lc.EngramEmbeddings(sdk_embedder)
+    store = lc.EngramVectorStore(client, embedding=emb)
+    assert store.embeddings is emb
+    ids = store.add_texts([t for t, _m in FACTS], [m for _t, m in FACTS])
+    (doc,) = store.similarity_search_by_vector(emb.embed_query("capital of France"), k=1)
+    assert doc.page_content == FACTS[0][0] and doc.id == ids[0]
+    # the local model gives the miner's own vector: the stored memory scores ~1
+    vec = emb.embed_documents([FACTS[2][0]])[0]
+    assert client.query_by_vector(vec, top_k=1)[0].score > 0.99
+
+
 async def test_langchain_async_retriever(client: EngramClient) -> None:
     store = lc.EngramVectorStore(client)
     await store.aadd_texts([t for t, _m in FACTS], [m for _t, m in FACTS])
