@@ -224,3 +224,14 @@ def test_the_readme_quick_start_runs(url: str) -> None:
     )
     assert "Engram remembers what you tell it." not in out.stdout  # a hit: cid, score, metadata
     assert "'source': 'readme'" in out.stdout and "'cid': 'v1::" in out.stdout
+
+
+def test_hotkey_from_a_key_file(url: str, ns: str, tmp_path: Path) -> None:
+    from engram.keys import load_or_create_key
+
+    kp, created = load_or_create_key(tmp_path / "keys" / "app_hotkey")
+    assert created
+    for given in (tmp_path / "keys" / "app_hotkey", str(tmp_path / "keys" / "app_hotkey")):
+        c = EngramClient(url, hotkey=given, namespace=ns)
+        assert c.hotkey == kp.ss58_address
+        assert c.query("signed with a key file") == []  # a valid signature may query
