@@ -172,6 +172,8 @@ class AsyncEngramClient:
         **kwargs: Any,
     ) -> AsyncEngramClient:
         """As :meth:`EngramClient.from_subnet`; ``source`` is awaited in this loop."""
+        if isinstance(source, int) and not isinstance(source, bool):
+            source, netuid = None, source  # the predecessor's from_subnet(netuid)
         if source is None:
             from engram.chain.subtensor import BittensorChain
 

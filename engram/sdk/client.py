@@ -416,7 +416,10 @@ class EngramClient:
 
 
 def _read_metagraph(source: Any, netuid: int, network: str) -> Any:
-    """A metagraph from a Metagraph, a chain adapter, or (None) the bittensor network."""
+    """A metagraph from a Metagraph, a chain adapter, or (None, or a netuid as the
+    predecessor's first argument) the bittensor network."""
+    if isinstance(source, int) and not isinstance(source, bool):
+        source, netuid = None, source
     if source is None:
         from engram.chain.subtensor import BittensorChain
 

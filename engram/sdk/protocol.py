@@ -370,7 +370,11 @@ class ClientCore:
     def health(self) -> Op[dict[str, Any]]:
         """``GET /health`` (a degraded miner's 503 answer is returned, not raised)."""
         reply = yield from self.send("GET", "/health", op="health", accept=(503,), signed=False)
-        return reply.json_object()
+        out = reply.json_object()
+        # the predecessor SDK's keys: "vectors" (the memories held) and "uid" (unknown here)
+        out.setdefault("vectors", out.get("memories"))
+        out.setdefault("uid", None)
+        return out
 
     def stats(self) -> Op[dict[str, Any]]:
         return (yield from self.send_json("GET", "/stats", op="stats"))

@@ -59,6 +59,7 @@ def test_predecessor_script_runs_unchanged(url: str, tmp_path: Path) -> None:
     )
     out = predecessor_script(url, CLIENT, jsonl)
     assert out["online"] is True and out["health"]["status"] == "ok"
+    assert out["health"]["vectors"] == out["health"]["memories"] and "uid" in out["health"]
     assert out["cid"].startswith("v1::") and out["cid2"] != out["cid"]
     cids = [c for c, _s, _m in out["query"]]
     assert out["cid2"] in cids and out["cid"] in cids
