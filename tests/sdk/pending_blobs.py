@@ -61,7 +61,8 @@ def tiny_pdf(text: str) -> bytes:
 
 def test_ingest_image_then_fetch_it_back(url: str, ns: str, driver: str) -> None:
     call = caller(driver, url, hotkey=CLIENT, namespace=ns)
-    png = tiny_png((200, 30, 30))
+    seed = hashlib.sha256(ns.encode()).digest()  # blobs are de-duplicated miner-wide
+    png = tiny_png((seed[0], seed[1], seed[2]))
     rec = call("ingest_image", png, filename="red.png", metadata={"color": "red"})
     assert isinstance(rec, BlobReceipt)
     assert rec.content_cid == "sha256:" + hashlib.sha256(png).hexdigest()
@@ -75,7 +76,7 @@ def test_ingest_image_then_fetch_it_back(url: str, ns: str, driver: str) -> None
 def test_ingest_pdf_from_a_file(url: str, ns: str, driver: str, tmp_path: Path) -> None:
     call = caller(driver, url, hotkey=CLIENT, namespace=ns)
     f = tmp_path / "note.pdf"
-    f.write_bytes(tiny_pdf("Engram stores memories"))
+    f.write_bytes(tiny_pdf(f"Engram stores memories {ns}"))
     rec = call("ingest_pdf", f)
     assert rec.media_type == "application/pdf"
     assert rec.content_cid == "sha256:" + hashlib.sha256(f.read_bytes()).hexdigest()
