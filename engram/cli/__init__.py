@@ -93,6 +93,12 @@ if importlib.util.find_spec("engram.cli.miner") is not None:  # the miner's comm
 
     _miner.register(main)
 
+if importlib.util.find_spec("engram.cli.publish") is not None:  # the direct publisher
+    from . import publish as _publish
+
+    _publish.register(main)
+
+
 if importlib.util.find_spec("engram.cli.validator") is not None:  # the validator's commands
     from . import validator as _validator
 

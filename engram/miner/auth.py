@@ -22,8 +22,6 @@ The SDK is imported lazily (``import bittensor`` costs ~0.5 s); keys come from
 from __future__ import annotations
 
 import ipaddress
-import os
-import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -35,6 +33,7 @@ import structlog
 from aiohttp import web
 
 from engram.config import ConfigError, Settings
+from engram.keys import keypair_from_file, keypair_from_seed, load_or_create_key
 
 if TYPE_CHECKING:  # (typedefs.Middleware: not in every aiohttp 3.x)
     from aiohttp.typedefs import Middleware
@@ -324,55 +323,11 @@ def _refuse(refusal: Refusal) -> web.Response:
 
 
 def _keypair_from_file(path: Path) -> Any:
-    import bittensor_core
-
-    data = path.read_bytes()
-    if bittensor_core.keyfile_data_is_encrypted(data):
-        raise ConfigError(f"{path}: encrypted key files are not supported; use a hotkey file")
-    try:
-        return bittensor_core.deserialize_keypair_from_keyfile_data(data)
-    except Exception as exc:  # the native library raises its own error types
-        raise ConfigError(f"{path}: not a bittensor key file ({exc})") from None
-
-
-def load_or_create_key(path: Path) -> tuple[Any, bool]:
-    """The sr25519 keypair in ``path`` (a bittensor hotkey file: JSON with ``secretPhrase``
-    and ``ss58Address``); created 0600 if absent. Returns (keypair, created)."""
-    import bittensor_core
-
-    if path.exists():
-        if path.stat().st_mode & 0o077:
-            log.warning("key file is readable by others; chmod 600 it", path=str(path))
-        return _keypair_from_file(path), False
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    mnemonic = bittensor_core.Keypair.generate_mnemonic(12)
-    keypair = bittensor_core.Keypair.from_mnemonic(mnemonic)
-    data = bittensor_core.serialized_keypair_to_keyfile_data(keypair)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".key-")  # mkstemp: mode 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # atomic and never overwrites: a concurrent creator wins
-        except FileExistsError:
-            return _keypair_from_file(path), False
-    finally:
-        os.unlink(tmp)
-    return keypair, True
+    return keypair_from_file(path)
 
 
 def _keypair_from_seed(seed: str) -> Any:
-    """A mnemonic, a secret URI (``//Alice``, ``<mnemonic>//hard``) or a 0x-hex seed."""
-    import bittensor_core
-
-    try:
-        return bittensor_core.Keypair.from_uri(seed.strip())
-    except Exception:
-        raise ConfigError(
-            "miner_hotkey_seed: not a mnemonic, secret URI or 0x-hex 32-byte seed"
-        ) from None
+    return keypair_from_seed(seed)
 
 
 def miner_keypair(settings: Settings) -> Any:

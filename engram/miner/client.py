@@ -15,8 +15,8 @@ import aiohttp
 import structlog
 
 from engram.config import Settings
-
-from .auth import load_or_create_key
+from engram.keys import load_or_create_key
+from engram.sdk.auth import receiver_of, sign_headers
 
 __all__ = ["AxonClient", "client_keypair"]
 
@@ -52,8 +52,7 @@ class AxonClient:
             async with self.http.get("/health") as r:
                 r.raise_for_status()
                 body = await r.json()
-            hotkey = body.get("hotkey_ss58")
-            self._receiver = hotkey if isinstance(hotkey, str) and hotkey else None
+            self._receiver = receiver_of(body)
             self._health_read = True
         return self._receiver
 
@@ -64,9 +63,7 @@ class AxonClient:
         receiver = await self.receiver()
         if receiver is None:
             return {}
-        from bittensor.http_auth import sign
-
-        return sign(self.keypair, method=method, path=path, body=body, receiver_ss58=receiver)
+        return sign_headers(self.keypair, method, path, body, receiver)
 
     async def request(
         self, method: str, path: str, body: Any | None = None
