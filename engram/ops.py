@@ -93,7 +93,7 @@ async def bus_status(bus: Bus) -> dict[str, Any]:
         ]
         for n in [leader, *(r["name"] for r in replicas)]:
             if n:
-                node = nodes.setdefault(n, {"name": n, "leads": [], "replicates": []})
+                nodes.setdefault(n, {"name": n, "leads": [], "replicates": []})
         if leader:
             nodes[leader]["leads"].append(name)
         for r in replicas:
@@ -353,9 +353,7 @@ async def dlq_retry(
     d = entry.dead
     attempt = len(entry.retries) + 1
     msg_id = f"dlq-retry:{entry.seq}:{attempt}"
-    headers = {
-        k: v for k, v in d.original_headers.items() if not k.lower().startswith("nats-")
-    }
+    headers = {k: v for k, v in d.original_headers.items() if not k.lower().startswith("nats-")}
     headers[HDR_MSG_ID] = msg_id
     headers[HDR_RETRY_OF] = f"DLQ:{entry.seq}"
     original = entry.original()

@@ -90,7 +90,9 @@ async def _miner_stats(url: str, keypair: Any) -> dict[str, Any]:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def status(ctx: click.Context, nats_url: str | None, miners: tuple[str, ...], as_json: bool) -> None:
+def status(
+    ctx: click.Context, nats_url: str | None, miners: tuple[str, ...], as_json: bool
+) -> None:
     """Nodes, streams (messages, bytes), consumer lag, index sizes and DLQ depth."""
     from engram.ops import bus_status, connect, index_status
 
@@ -220,9 +222,7 @@ def tail(
                 if as_json:
                     print_json({"subject": msg.subject, "malformed": str(exc)})
                 else:
-                    click.echo(
-                        f"{_stamp(now)}  {msg.subject}  <{len(msg.data)} B, not an event>"
-                    )
+                    click.echo(f"{_stamp(now)}  {msg.subject}  <{len(msg.data)} B, not an event>")
             else:
                 if as_json:
                     print_json({"subject": msg.subject, **event_json(event)})
@@ -459,4 +459,3 @@ def completion(ctx: click.Context, shell: str) -> None:
 def register(main: click.Group) -> None:
     for cmd in (status, tail, dlq, completion):
         main.add_command(cmd)
-

@@ -32,7 +32,9 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("ENGRAM_")}
 
 
-async def engram(*args: str, data_dir: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+async def engram(
+    *args: str, data_dir: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
         subprocess.run,
         [*ENGRAM, "--data-dir", str(data_dir), "--log-level", "warning", *args],
@@ -244,7 +246,11 @@ async def test_no_bus_is_one_clear_line(tmp_path: Path) -> None:
 
 
 async def test_completion_scripts(tmp_path: Path) -> None:
-    for shell, marker in (("bash", "complete -o"), ("zsh", "compdef"), ("fish", "complete -c")):
+    for shell, marker in (
+        ("bash", "complete -o"),
+        ("zsh", "compdef"),
+        ("fish", "complete --no-files --command engram"),
+    ):
         r = await engram("completion", shell, data_dir=tmp_path)
         assert r.returncode == 0 and "_ENGRAM_COMPLETE" in r.stdout, shell
         assert marker in r.stdout and "engram" in r.stdout, shell
@@ -252,7 +258,11 @@ async def test_completion_scripts(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("words", "cword", "expect"),
-    [("engram dl", 1, "dlq"), ("engram replay VAL", 2, "VALIDATION"), ("engram dlq re", 2, "retry")],
+    [
+        ("engram dl", 1, "dlq"),
+        ("engram replay VAL", 2, "VALIDATION"),
+        ("engram dlq re", 2, "retry"),
+    ],
 )
 async def test_shell_completion(words: str, cword: int, expect: str) -> None:
     env = {**_env(), "_ENGRAM_COMPLETE": "bash_complete", "COMP_WORDS": words}
