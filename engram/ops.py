@@ -87,15 +87,15 @@ async def bus_status(bus: Bus) -> dict[str, Any]:
         st = info.state
         cluster = info.cluster
         leader = cluster.leader if cluster is not None else None
-        replicas = [
-            {"name": r.name, "current": r.current, "lag": r.lag, "active_s": r.active}
+        replicas: list[dict[str, Any]] = [
+            {"name": str(r.name), "current": r.current, "lag": r.lag, "active_s": r.active}
             for r in ((cluster.replicas or []) if cluster is not None else [])
         ]
         for n in [leader, *(r["name"] for r in replicas)]:
             if n:
-                nodes.setdefault(n, {"name": n, "leads": [], "replicates": []})
+                nodes.setdefault(str(n), {"name": str(n), "leads": [], "replicates": []})
         if leader:
-            nodes[leader]["leads"].append(name)
+            nodes[str(leader)]["leads"].append(name)
         for r in replicas:
             nodes[r["name"]]["replicates"].append(name)
         streams.append(
@@ -151,7 +151,7 @@ async def bus_status(bus: Bus) -> dict[str, Any]:
     return {
         "nats": {
             "url": bus.nc.connected_url.netloc if bus.nc.connected_url else None,
-            "version": str(bus.nc.connected_server_version) if bus.nc.is_connected else None,
+            "version": _version(bus),
             "connected": bus.nc.is_connected,
         },
         "nodes": list(nodes.values()),
@@ -373,3 +373,10 @@ async def dlq_retry(
     await publisher.publish(record)
     entry.retries.append(record)
     return record
+
+
+def _version(bus: Bus) -> str | None:
+    if not bus.nc.is_connected:
+        return None
+    v = bus.nc.connected_server_version
+    return f"{v.major}.{v.minor}.{v.patch}"

@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
@@ -17,6 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from . import get_settings, print_json, run_async
+
+if TYPE_CHECKING:
+    from engram.ops import Position
 
 console = Console(stderr=True)
 
@@ -176,10 +179,12 @@ def _stream_names(ctx: click.Context, param: click.Parameter, incomplete: str) -
     return [s.name for s in STREAMS if s.name.startswith(incomplete.upper())]
 
 
-class _PositionType(click.ParamType):
+class _PositionType(click.ParamType):  # type: ignore[type-arg]  # generic in click >= 8.2
     name = "SEQ|TIME"
 
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None):  # type: ignore[no-untyped-def]
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Position:
         from engram.ops import Position, parse_position
         from streams.errors import InputError
 
