@@ -93,11 +93,15 @@ async def bus_status(bus: Bus) -> dict[str, Any]:
         ]
         for n in [leader, *(r["name"] for r in replicas)]:
             if n:
-                nodes.setdefault(str(n), {"name": str(n), "leads": [], "replicates": []})
+                nodes.setdefault(
+                    str(n), {"name": str(n), "leads": [], "replicates": [], "behind": []}
+                )
         if leader:
             nodes[str(leader)]["leads"].append(name)
         for r in replicas:
             nodes[r["name"]]["replicates"].append(name)
+            if not r["current"]:  # offline, or catching up with the leader
+                nodes[r["name"]]["behind"].append(name)
         streams.append(
             {
                 "name": name,
@@ -147,6 +151,7 @@ async def bus_status(bus: Bus) -> dict[str, Any]:
             "name": "(standalone)",
             "leads": [s["name"] for s in streams],
             "replicates": [],
+            "behind": [],
         }
     return {
         "nats": {

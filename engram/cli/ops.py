@@ -124,9 +124,14 @@ def status(
     con = Console()
     nats = out["nats"]
     con.print(f"[bold]NATS[/] {nats['url']}  version {nats['version']}")
-    nodes = Table("node", "leads", "replicates", title="nodes")
+    nodes = Table("node", "leads", "replicates", "behind", title="nodes")
     for n in out["nodes"]:
-        nodes.add_row(n["name"], ", ".join(n["leads"]) or "-", ", ".join(n["replicates"]) or "-")
+        nodes.add_row(
+            n["name"],
+            ", ".join(n["leads"]) or "-",
+            ", ".join(n["replicates"]) or "-",
+            f"[red]{', '.join(n['behind'])}[/]" if n["behind"] else "-",
+        )
     con.print(nodes)
     streams = Table("stream", "messages", "bytes", "seq", "consumers", "replicas", title="streams")
     for st in out["streams"]:

@@ -22,6 +22,7 @@ from engram.natsd import EmbeddedNats
 from streams.events import DemoNoted
 from streams.topology import ConsumerSpec
 from streams.worker import Delivery, Worker
+from tests.streams.test_cluster import cluster  # noqa: F401 - the 3-node cluster fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGRAM = [sys.executable, "-m", "engram.cli"]
@@ -272,3 +273,35 @@ async def test_shell_completion(words: str, cword: int, expect: str) -> None:
         subprocess.run, [str(script)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=30
     )
     assert f"plain,{expect}" in r.stdout.splitlines(), r.stdout
+
+
+async def test_status_names_the_cluster_nodes_and_a_dead_one(
+    cluster: dict[str, tuple[subprocess.Popen[bytes], int, int]],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    url = ",".join(f"nats://127.0.0.1:{port}" for _, port, _ in cluster.values())
+    s = Settings(data_dir=str(tmp_path / "d"), nats_url=url, stream_replicas=3)
+    bus = await open_bus(s)
+    try:
+        await bus.publisher.publish(DemoNoted(n=1))
+        leader = (await bus.js.stream_info("INGEST")).cluster.leader  # type: ignore[union-attr]
+    finally:
+        await bus.close()
+    r = await engram("status", "--nats-url", url, "--json", data_dir=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    nodes = {n["name"]: n for n in out["nodes"]}
+    assert set(nodes) == {"engram-n1", "engram-n2", "engram-n3"}
+    assert "INGEST" in nodes[str(leader)]["leads"]
+    assert all(s["replicas"] == 3 for s in out["streams"])
+    follower = next(n for n in nodes if n != leader)
+    proc, _, _ = cluster[follower]
+    proc.kill()  # a replica goes away: status says which node is behind
+    await asyncio.to_thread(proc.wait, 5)
+    for _ in range(30):
+        r = await engram("status", "--nats-url", url, "--json", data_dir=tmp_path)
+        behind = {n["name"]: n["behind"] for n in json.loads(r.stdout)["nodes"]}
+        if "INGEST" in behind.get(follower, []):
+            break
+        await asyncio.sleep(1)
+    assert "INGEST" in behind[follower], behind
