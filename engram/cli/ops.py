@@ -269,17 +269,22 @@ def dlq() -> None:
 
 
 def _dlq_table(rows: list[dict[str, Any]]) -> Table:
-    t = Table("seq", "status", "time", "consumer", "original", "deliveries", "cause", title="DLQ")
+    t = Table(title="DLQ")
+    t.add_column("seq", justify="right", no_wrap=True)
+    t.add_column("status", no_wrap=True)
+    t.add_column("time", no_wrap=True)
+    t.add_column("consumer", overflow="fold", max_width=20)
+    t.add_column("original", overflow="fold", max_width=28)
+    t.add_column("cause", overflow="ellipsis", max_width=60, ratio=1)
     for r in rows:
         status = "[green]retried[/]" if r["status"] == "retried" else "[red]dead[/]"
         t.add_row(
             str(r["seq"]),
             status,
-            _stamp(r["time"]),
+            _stamp(r["time"])[:8],
             r["consumer"],
-            f"{r['original_subject']} ({r['stream']}:{r['stream_seq']})",
-            str(r["deliveries"]),
-            f"{r['error_type']}: {r['error']}"[:80],
+            f"{r['stream']}:{r['stream_seq']} {r['original_subject']}",
+            f"{r['error_type']}: {r['error']}"[:160],
         )
     return t
 

@@ -136,13 +136,17 @@ async def test_engram_console_command_serves_until_ctrl_c(bus: Bus, tmp_path: Pa
         stderr=asyncio.subprocess.PIPE, env=env, cwd=ROOT,
     )  # fmt: skip
     assert proc.stderr is not None
-    seen = ""
-    while not (m := re.search(r"console: (http://127\.0\.0\.1:\d+/)", seen)):
-        line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
-        assert line, seen  # (logs come first: the client hotkey it generated)
-        seen += line
-    async with aiohttp.ClientSession() as http, http.get(m.group(1) + "api/console/bus") as r:
-        assert r.status == 200 and "VALIDATION" in {s["name"] for s in (await r.json())["streams"]}
-    proc.send_signal(signal.SIGINT)
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    try:
+        seen = ""
+        while not (m := re.search(r"console: (http://127\.0\.0\.1:\d+/)", seen)):
+            line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+            assert line, seen  # (logs come first: the client hotkey it generated)
+            seen += line
+        async with aiohttp.ClientSession() as http, http.get(m.group(1) + "api/console/bus") as r:
+            names = {s["name"] for s in (await r.json())["streams"]}
+            assert r.status == 200 and "VALIDATION" in names
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err
