@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
@@ -11,7 +13,11 @@ from rich.console import Console
 
 from . import get_settings, run_async
 
-__all__ = ["console", "register"]
+if TYPE_CHECKING:
+    from engram.bus import Bus
+    from engram.config import Settings
+
+__all__ = ["console", "register", "run_with_console"]
 
 
 @click.command("console")
@@ -55,6 +61,37 @@ def console(ctx: click.Context, nats_url: str | None, host: str, port: int) -> N
             await bus.close()
 
     run_async(_run())
+
+
+async def run_with_console(
+    run: Coroutine[Any, Any, None],
+    bus_of: Callable[[], Bus | None],
+    settings: Settings,
+    host: str,
+    port: int,
+) -> None:
+    """Run a node (``run``) and serve the console on its bus once it has one (``bus_of``);
+    the console stops with the node."""
+    from engram.console import ConsoleServer
+    from engram.miner.client import client_keypair
+
+    task = asyncio.ensure_future(run)
+    while (bus := bus_of()) is None and not task.done():
+        await asyncio.sleep(0.1)
+    if bus is None:
+        await task
+        return
+    keypair = await asyncio.to_thread(client_keypair, settings)
+    server = ConsoleServer(bus, host=host, port=port, keypair=keypair)
+    try:
+        url = await server.start()
+        Console(stderr=True).print(f"console: [bold]{url}[/]")
+        await task
+    finally:
+        await server.stop()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 def register(main: click.Group) -> None:

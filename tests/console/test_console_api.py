@@ -150,3 +150,35 @@ async def test_engram_console_command_serves_until_ctrl_c(bus: Bus, tmp_path: Pa
             proc.send_signal(signal.SIGINT)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err
+
+
+async def test_validator_serves_the_console(nats_server: Any, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGRAM_")}
+    env["ENGRAM_NATS_URL"] = nats_server.url
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engram.cli", "--data-dir", str(tmp_path), "validator", "run",
+        "--console-port", "0", "--evaluation-s", "3600", "--challenge-s", "3600",
+        stderr=asyncio.subprocess.PIPE, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        seen = ""
+        while not (m := re.search(r"console: (http://127\.0\.0\.1:\d+/)", seen)):
+            line = (await asyncio.wait_for(proc.stderr.readline(), 120)).decode()
+            assert line, seen
+            seen += line
+        async with aiohttp.ClientSession(base_url=m.group(1)) as http:
+            async with http.get("/api/console/bus") as r:
+                consumers = {c["name"] for c in (await r.json())["consumers"]}
+            for _ in range(100):  # the validator's steps bind their consumers
+                if "validator-verifier" in consumers:
+                    break
+                await asyncio.sleep(0.1)
+                async with http.get("/api/console/bus") as r:
+                    consumers = {c["name"] for c in (await r.json())["consumers"]}
+            assert "validator-verifier" in consumers
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err
