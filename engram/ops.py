@@ -76,7 +76,8 @@ def _iso(t: dt.datetime | None) -> str | None:
 
 async def bus_status(bus: Bus) -> dict[str, Any]:
     """Nodes (the servers holding the streams), streams with messages and bytes, every
-    durable consumer's lag, and the DLQ depth (dead letters not retried yet)."""
+    durable consumer's lag (messages not delivered yet; ``ack_pending``: delivered, not
+    acked), and the DLQ depth (dead letters not retried yet)."""
     js = bus.js
     nodes: dict[str, dict[str, Any]] = {}
     streams: list[dict[str, Any]] = []
@@ -128,7 +129,7 @@ async def bus_status(bus: Bus) -> dict[str, Any]:
                     "filter": c.config.filter_subject or list(c.config.filter_subjects or []),
                     "pending": pending,
                     "ack_pending": ack_pending,
-                    "lag": pending + ack_pending,
+                    "lag": pending,  # not delivered yet (ack_pending: in flight)
                     "redelivered": c.num_redelivered or 0,
                     "waiting": c.num_waiting or 0,
                     "delivered_seq": c.delivered.stream_seq if c.delivered else 0,

@@ -87,6 +87,19 @@ async def test_console_in_a_browser_on_a_live_devnet(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as http, http.get(url + "api/console/cid/v2::x") as r:
             assert r.status == 400 and "not a CID" in (await r.json())["error"]
 
+        # the operator's status, on the devnet's bus, with a miner's index size (signed /stats)
+        nats = (await _get(url + "api/console/overview"))["nats"]
+        axon = next(m["axon"] for m in net["miners"] if m["label"] == "honest")
+        status = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "engram.cli", "--data-dir", str(tmp_path / "op"), "status",
+            "--nats-url", f"nats://{nats}", "--miner", f"http://{axon}", "--json",
+            stdout=asyncio.subprocess.PIPE, env=env, cwd=ROOT,
+        )  # fmt: skip
+        report = json.loads((await asyncio.wait_for(status.communicate(), 60))[0])
+        [index] = report["indexes"]
+        assert index["source"] == "miner" and index["memories"] >= 12, index  # user memories
+        assert {c["name"] for c in report["consumers"]} >= {"validator-verifier"}
+
         async with Browser() as b:
             await b.goto(url)  # / redirects to the console, Network first
             await b.wait_for("document.querySelectorAll('#miners tbody tr').length === 3")
@@ -98,8 +111,13 @@ async def test_console_in_a_browser_on_a_live_devnet(tmp_path: Path) -> None:
                 "[...document.querySelectorAll('#miners .hotkey')].map(td => td.textContent)"
             )
             assert sorted(shown) == hotkeys
-            roles = await b.js("document.querySelector('#miners tbody').textContent")
-            assert "honest" in roles and "lossy" in roles and "slashed" in roles
+            rows = await b.js(
+                "[...document.querySelectorAll('#miners tbody tr')].map(tr => "
+                "[tr.children[2].textContent, Number(tr.querySelector('.score').textContent)])"
+            )
+            honest = [score for role, score in rows if role == "honest"]
+            [lossy] = [score for role, score in rows if role == "lossy"]
+            assert len(honest) == 2 and lossy < min(honest), rows  # it loses half its data
             # one line per miner in each chart, drawn from the validator's history
             for chart in ("score", "recall", "proof", "latency", "weight"):
                 await b.wait_for(

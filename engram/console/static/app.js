@@ -6,6 +6,7 @@ const PALETTE = ["#3d5afe", "#16a085", "#e67e22", "#8e44ad", "#d93a3a", "#2c82c9
                  "#c0392b", "#27ae60", "#b7950b", "#7f8c8d"];
 const colour = (uid) => PALETTE[uid % PALETTE.length];
 const SVG = "http://www.w3.org/2000/svg";
+const SS58 = /\b5[1-9A-HJ-NP-Za-km-z]{47}\b/g;  // hotkeys, shortened in the event feed
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -217,7 +218,7 @@ pages.bus = {
     this.times.push(Date.now());
     const row = el("div", { class: "ev" }, el("span", { class: "muted", text: clock(ev.time) }),
       el("span", { class: "kind", text: ev.kind }),
-      el("span", { class: "sum", title: `${ev.subject}  ${ev.summary}`, text: ev.summary }));
+      el("span", { class: "sum", title: `${ev.subject}  ${ev.summary}`, text: ev.summary.replace(SS58, (k) => short(k, 6)) }));
     this.list.prepend(row);
     while (this.list.childElementCount > 200) this.list.lastChild.remove();
   },
