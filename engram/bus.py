@@ -143,7 +143,7 @@ async def open_bus(
     return Bus(
         nc=nc,
         js=js,
-        publisher=Publisher(js, producer=settings.producer),
+        publisher=Publisher(js, producer=settings.producer, nc=nc),
         settings=settings,
         server=server,
     )

@@ -49,6 +49,8 @@ class StreamSpec:
             duplicate_window=self.duplicate_window_s,
             num_replicas=replicas,
             allow_direct=True,
+            # atomic batches: many events stored in one write (one fsync; streams/publisher)
+            allow_atomic=True,
         )
 
 
@@ -183,6 +185,7 @@ def _differs(want: api.StreamConfig, have: api.StreamConfig) -> bool:
         or (want.description or None) != (have.description or None)
         or (want.max_bytes or -1) != (have.max_bytes or -1)
         or (want.num_replicas or 1) != (have.num_replicas or 1)
+        or bool(want.allow_atomic) != bool(have.allow_atomic)
     )
 
 

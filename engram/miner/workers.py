@@ -39,6 +39,12 @@ CONCURRENCY = 8
 #: peak of a window's messages, events and tensors otherwise (RSS ~+150 MiB after 2,000
 #: texts; back to idle + the index after ``malloc_trim``).
 TRIM_INTERVAL_S = 1.0
+#: A window smaller than one step waits while more requests keep arriving (a gap of
+#: ``LINGER_GAP_S`` ends the wait, ``LINGER_MAX_S`` bounds it): a client's batch committed
+#: at once still reaches the worker as a few fetches a millisecond or two apart, and
+#: embedding the first of them alone left the rest for a second, half-empty window.
+LINGER_GAP_S = 0.003
+LINGER_MAX_S = 0.02
 
 EMBED_CONSUMER = ConsumerSpec(
     "embedder",
@@ -159,12 +165,13 @@ class EmbedHandler:
         """Sort the window by length, embed it a step at a time and publish each step while
         the next is embedded (MEASURED.md: padding to the longest text in a model batch
         dominates the cost). Returns the publish of the last step, still running."""
-        todo = self._take_waiting(group)
-        size = len(todo)
         bs = max(self.embedder.batch_size, 1)
         # a few model batches per lane per step: the embedder keeps the configured batch
         # size for a step this big (split_batch_size) and cuts only a smaller window finer
         step = bs * self.embedder.lanes * BATCHES_PER_LANE
+        await self._linger(step)
+        todo = self._take_waiting(group)
+        size = len(todo)
         publishing: asyncio.Task[None] | None = None
         try:
             while todo:
@@ -186,6 +193,17 @@ class EmbedHandler:
                 publishing.cancel()
             raise
         return publishing
+
+    async def _linger(self, step: int) -> None:
+        """Wait (briefly) while requests keep arriving and the window is under a step."""
+        deadline = time.monotonic() + LINGER_MAX_S
+        seen = sum(len(g) for g, _ in self._waiting)
+        while seen < step and time.monotonic() < deadline:
+            await asyncio.sleep(LINGER_GAP_S)
+            now = sum(len(g) for g, _ in self._waiting)
+            if now == seen:
+                return
+            seen = now
 
     async def _publish(self, chunk: list[Delivery], matrix: Matrix) -> None:
         reqs: list[IngestRequested] = [d.event for d in chunk]  # type: ignore[misc]
