@@ -31,6 +31,7 @@ __all__ = [
     "CadenceTicked",
     "ChallengeAnswered",
     "ChallengeIssued",
+    "DeadLetterRetried",
     "DeadLettered",
     "Deleted",
     "DemoNoted",
@@ -443,6 +444,25 @@ class DeadLettered(Event, frozen=True, kw_only=True, tag="DeadLettered"):
         return f"dlq:{self.stream}:{self.stream_seq}:{self.consumer}"
 
 
+class DeadLetterRetried(Event, frozen=True, kw_only=True, tag="DeadLetterRetried"):
+    """An operator sent a dead letter's original message back to its subject
+    (``engram dlq retry``), under ``republished_msg_id`` (fresh: the original id may still
+    sit in the de-duplication window). ``attempt`` counts retries of that dead letter."""
+
+    SUBJECT: ClassVar[str] = "engram.dlq.retried"
+
+    dlq_seq: int  # the DeadLettered's sequence on the DLQ stream
+    original_subject: str
+    republished_msg_id: str
+    republished_seq: int = 0  # where the original landed again
+    republished_stream: str = ""
+    attempt: int = 1
+    operator: str = ""
+
+    def msg_id(self) -> str:
+        return f"dlq-retried:{self.dlq_seq}:{self.attempt}"
+
+
 class DemoNoted(Event, frozen=True, kw_only=True, tag="DemoNoted"):
     """A small event used by ``engram demo`` and the bus benchmark."""
 
@@ -476,6 +496,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     WeightsProposed,
     WeightsSet,
     DeadLettered,
+    DeadLetterRetried,
     DemoNoted,
 )
 
@@ -499,6 +520,7 @@ AnyEvent: TypeAlias = (
     | WeightsProposed
     | WeightsSet
     | DeadLettered
+    | DeadLetterRetried
     | DemoNoted
 )
 

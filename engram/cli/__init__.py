@@ -111,5 +111,15 @@ if importlib.util.find_spec("engram.cli.devnet") is not None:  # the devnet
     _devnet.register(main)
 
 
+# operator commands (status, tail, dlq, completion) and the web console
+from . import ops as _ops  # noqa: E402
+
+_ops.register(main)
+if importlib.util.find_spec("engram.cli.console") is not None:
+    from . import console as _console
+
+    _console.register(main)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

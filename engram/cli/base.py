@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
@@ -16,6 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from . import get_settings, print_json, run_async
+
+if TYPE_CHECKING:
+    from engram.ops import Position
 
 console = Console(stderr=True)
 
@@ -168,49 +172,114 @@ def demo(ctx: click.Context, events: int, no_miner: bool, demo_dir: str | None) 
     print_json(result)
 
 
+def _stream_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion for a stream name (the streams Engram defines)."""
+    from streams.topology import STREAMS
+
+    return [s.name for s in STREAMS if s.name.startswith(incomplete.upper())]
+
+
+class _PositionType(click.ParamType):  # type: ignore[type-arg]  # generic in click >= 8.2
+    name = "SEQ|TIME"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Position:
+        from engram.ops import Position, parse_position
+        from streams.errors import InputError
+
+        if isinstance(value, Position):
+            return value
+        try:
+            return parse_position(str(value))
+        except InputError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 @click.command("replay")
-@click.argument("stream")
-@click.option("--from-seq", type=int, default=1, show_default=True)
+@click.argument("stream", shell_complete=_stream_names)
 @click.option(
-    "--since", type=click.DateTime(), default=None, help="Start at this UTC time instead."
+    "--from",
+    "start",
+    type=_PositionType(),
+    default=None,
+    help="First message: a sequence, an ISO time (UTC) or an age (10m, 2h) [default: 1].",
 )
+@click.option(
+    "--to", "end", type=_PositionType(), default=None, help="Last message: a sequence or time."
+)
+@click.option("--subject", "subjects", multiple=True, help="Only these subjects (repeatable).")
 @click.option("--limit", type=int, default=0, help="Stop after N events (0 = all).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines (vectors and bytes as lengths).")
+@click.option("--from-seq", type=int, default=None, hidden=True)  # older spellings of --from
+@click.option("--since", type=click.DateTime(), default=None, hidden=True)
+@click.option("--nats-url", default=None, metavar="URL", help="NATS to read.")
 @click.pass_context
 def replay_cmd(
-    ctx: click.Context, stream: str, from_seq: int, since: dt.datetime | None, limit: int
+    ctx: click.Context,
+    stream: str,
+    start: Any,
+    end: Any,
+    subjects: tuple[str, ...],
+    limit: int,
+    as_json: bool,
+    from_seq: int | None,
+    since: dt.datetime | None,
+    nats_url: str | None,
 ) -> None:
-    """Print a stream's events as JSON lines, in order (vectors and bytes as lengths)."""
-    import msgspec
-
-    from engram.bus import open_bus
+    """Print a stream's events in order, from --from up to --to (default: all of it).
+    One readable line each; --json prints JSON lines a script can parse."""
+    from engram.ops import Position, connect, event_json, summarize
     from streams.replay import replay_raw
 
+    if start is None:
+        if since is not None:
+            start = Position(time=since.replace(tzinfo=dt.UTC))
+        else:
+            start = Position(seq=from_seq or 1)
     s = get_settings(ctx)
+    if nats_url:
+        s = msgspec.structs.replace(s, nats_url=nats_url)
 
-    async def _run() -> None:
-        bus = await open_bus(s)
+    async def _run() -> int:
+        bus = await connect(s)
+        n = 0
         try:
-            n = 0
-            start = since.replace(tzinfo=dt.UTC) if since else None
             async for item in replay_raw(
-                bus.js, stream.upper(), start_seq=from_seq, start_time=start
+                bus.js,
+                stream.upper(),
+                start_seq=start.seq or 1,
+                start_time=start.time,
+                subjects=list(subjects) or None,
             ):
+                at = item.event.time if item.event is not None else None
+                if end is not None and end.passed(item.seq, at):
+                    break
                 if item.event is None:
-                    print_json({"seq": item.seq, "subject": item.subject, "malformed": item.error})
+                    if as_json:
+                        print_json(
+                            {"seq": item.seq, "subject": item.subject, "malformed": item.error}
+                        )
+                    else:
+                        click.echo(f"{item.seq:>8}  {item.subject}  <not an event: {item.error}>")
+                elif as_json:
+                    print_json({"seq": item.seq, "subject": item.subject, **event_json(item.event)})
                 else:
-                    body = {
-                        k: f"<{len(v)} bytes>" if isinstance(v, bytes) else v
-                        for k, v in msgspec.structs.asdict(item.event).items()
-                    }
-                    body["kind"] = item.event.kind
-                    print_json({"seq": item.seq, **body})
+                    when = dt.datetime.fromtimestamp(item.event.time, dt.UTC)
+                    click.echo(
+                        f"{item.seq:>8}  {when.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]}  "
+                        f"{summarize(item.event)}"
+                    )
                 n += 1
                 if limit and n >= limit:
                     break
         finally:
             await bus.close()
+        return n
 
-    run_async(_run())
+    n = run_async(_run())
+    if not as_json:
+        console.print(f"{n} events from {stream.upper()}")
 
 
 def register(main: click.Group) -> None:

@@ -62,6 +62,10 @@ class _Stderr:
     default=None,
     help="Keep state here (default: a temporary dir removed at exit).",
 )
+@click.option("--no-console", is_flag=True, help="Do not serve the web console.")
+@click.option(
+    "--console-port", type=int, default=0, help="The web console's port [default: a free one]."
+)
 @click.pass_context
 def devnet(
     ctx: click.Context,
@@ -71,6 +75,8 @@ def devnet(
     fast: bool,
     as_json: bool,
     data_dir: str | None,
+    no_console: bool,
+    console_port: int,
 ) -> None:
     """Run a devnet: NATS, the local chain, miners and a validator on loopback."""
     from rich.console import Console
@@ -91,14 +97,20 @@ def devnet(
         epochs=epochs,
         fast=fast,
         data_dir=Path(data_dir) if data_dir else None,
+        console=not no_console,
+        console_port=console_port,
     )
     console = Console(stderr=True)
     if not console.is_terminal:  # a log or a pipe: room for every column
         console.width = 120
     live = Live(console=console, refresh_per_second=4, transient=False, auto_refresh=True)
     last = [0.0]
+    shown = [False]  # the console's URL, printed once when it serves
 
     def on_change(view: DevnetView) -> None:
+        if view.console_url and not shown[0]:
+            shown[0] = True
+            console.print(f"console: [bold]{view.console_url}[/]")
         now = time.monotonic()
         if now - last[0] >= 0.2:  # the Live refreshes 4x/s; rebuilding more often is waste
             last[0] = now

@@ -45,6 +45,12 @@ def validator() -> None:
 @click.option("--challenge-s", type=float, default=300.0, show_default=True)
 @click.option("--weights-s", type=float, default=600.0, show_default=True)
 @click.option("--proof-version", type=click.Choice(["1", "2"]), default="2", show_default=True)
+@click.option(
+    "--console-port",
+    type=int,
+    default=None,
+    help="Also serve the web console on 127.0.0.1:PORT (0: a free port).",
+)
 @click.pass_context
 def validator_run(
     ctx: click.Context,
@@ -57,6 +63,7 @@ def validator_run(
     challenge_s: float,
     weights_s: float,
     proof_version: str,
+    console_port: int | None,
 ) -> None:
     """Issue challenges, sample recall, score miners and set weights, as events on the bus
     (its embedded NATS by default, or ENGRAM_NATS_URL)."""
@@ -80,7 +87,12 @@ def validator_run(
         return BittensorChain(wallet or keypair, netuid, network=network)
 
     node = ValidatorNode(s, cfg, chain_factory=make_chain)
-    asyncio.run(node.run())
+    if console_port is None:
+        asyncio.run(node.run())
+    else:  # the web console on the validator's bus, served by this process
+        from .console import run_with_console
+
+        asyncio.run(run_with_console(node.run(), lambda: node.bus, s, "127.0.0.1", console_port))
 
 
 @click.group("audit")

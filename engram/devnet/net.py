@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from nats.aio.msg import Msg
@@ -48,6 +48,9 @@ from streams.errors import InputError, Unavailable
 from streams.events import decode
 
 from .adversaries import AdversaryProxy, check_kind
+
+if TYPE_CHECKING:
+    from engram.console import ConsoleServer
 from .view import DevnetView, MinerRow
 
 __all__ = ["Devnet", "DevnetConfig", "DevnetFailed"]
@@ -93,6 +96,8 @@ class DevnetConfig:
     fast: bool = False
     data_dir: Path | None = None  # None: a temporary dir, removed at exit
     netuid: int = 1
+    console: bool = True  # serve the web console (engram.console) on console_port
+    console_port: int = 0  # 0: a free port
 
     def __post_init__(self) -> None:
         if self.miners < 0 or self.miners + len(self.adversaries) < 1:
@@ -138,6 +143,7 @@ class Devnet:
     root: Path | None = None
     audit_ok: bool | None = None
     audit_problems: list[str] = field(default_factory=list)
+    console: ConsoleServer | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stop(self) -> None:
@@ -219,6 +225,8 @@ class Devnet:
             self.view.rows[m.uid] = MinerRow(m.uid, m.hotkey, m.label, f"{host}:{port}")
         for subject in ("engram.validation.>", "engram.weights.>"):
             await bus.nc.subscribe(subject, cb=self._on_msg)
+        if cfg.console:
+            await self._start_console(bus)
         self.validator = ValidatorNode(
             vs,
             cfg.validator_config(),
@@ -227,6 +235,26 @@ class Devnet:
             model_version=batch_model.model_version,
             handle_signals=False,
         )
+
+    async def _start_console(self, bus: Bus) -> None:
+        """The web console on the devnet's bus: its URL goes into the view (the table's
+        caption, ``console_url`` in the result)."""
+        from engram.console import ConsoleServer
+        from engram.miner.client import client_keypair
+
+        keypair = await asyncio.to_thread(client_keypair, self._settings("console", None))
+        labels = {m.hotkey: m.label for m in self.members}
+        self.console = ConsoleServer(
+            bus,
+            port=self.config.console_port,
+            keypair=keypair,
+            labels=labels,
+            title="Engram devnet",
+        )
+        self.view.console_url = await self.console.start()
+        log.info("console", url=self.view.console_url)
+        if self.on_change is not None:
+            self.on_change(self.view)
 
     async def _on_msg(self, msg: Msg) -> None:
         try:
@@ -339,6 +367,9 @@ class Devnet:
         ]
 
     async def _shutdown(self) -> None:
+        if self.console is not None:
+            with contextlib.suppress(Exception):
+                await self.console.stop()
         for m in self.members:
             if m.proxy is not None:
                 with contextlib.suppress(Exception):
@@ -364,4 +395,5 @@ class Devnet:
             "replication": self.view.replication,
             "epochs": self.view.epochs,
             "events": self.view.events,
+            "console_url": self.view.console_url,
         }

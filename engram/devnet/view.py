@@ -48,6 +48,7 @@ class DevnetView:
     epochs: list[int] = field(default_factory=list)
     replication: dict[str, int] = field(default_factory=dict)
     events: int = 0
+    console_url: str | None = None  # the web console, when the devnet serves one
 
     def apply(self, event: Event) -> None:
         self.events += 1
@@ -107,7 +108,8 @@ def render(view: DevnetView, title: str = "engram devnet") -> Table:
     rep = " ".join(f"{k} {v}" for k, v in view.replication.items()) or "-"
     table = Table(
         title=f"{title} · epochs {len(view.epochs)} (last {epoch if epoch is not None else '-'})",
-        caption=f"replication: {rep} · events {view.events} · Ctrl-C stops",
+        caption=f"replication: {rep} · events {view.events} · Ctrl-C stops"
+        + (f"\nconsole: {view.console_url}" if view.console_url else ""),
     )
     for name, justify in (
         ("uid", "right"),
