@@ -28,8 +28,14 @@ def embedder(model_cache: Path) -> Embedder:
 
 @pytest.fixture
 def miner_settings(settings: Settings) -> Settings:
+    # these tests speak unsigned HTTP to a loopback miner: open mode, said explicitly (the
+    # default is signed on every bind); tests of signed access use ``signed_node``
     return msgspec.structs.replace(
-        settings, embed_batch=32, embed_batch_wait_s=0.02, snapshot_every_events=50
+        settings,
+        embed_batch=32,
+        embed_batch_wait_s=0.02,
+        snapshot_every_events=50,
+        axon_auth="open",
     )
 
 
