@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from streams.errors import short
+from streams.errors import InputError, short
 
 from .limits import check_namespace
 
@@ -87,7 +87,7 @@ CREATE TABLE IF NOT EXISTS access_log (
 ACCESS_TABLES = ("namespaces", "grants", "ingesters", "access_log")
 
 
-class AccessDenied(Exception):
+class AccessDenied(InputError):
     """An ``Embedded`` whose caller may not write its namespace at that point of the log
     (the store turns it into a refusal; see engram.miner.store)."""
 
@@ -276,7 +276,9 @@ class AccessState:
                 f"{caller or 'an unsigned caller'} may not write namespace {short(namespace)}"
             )
 
-    def wrote(self, db: sqlite3.Connection, seq: int, namespace: str, cid: str, caller: str) -> None:
+    def wrote(
+        self, db: sqlite3.Connection, seq: int, namespace: str, cid: str, caller: str
+    ) -> None:
         """After an ``Embedded`` is stored: the namespace exists (public, no owner, when
         this is its first write) and ``caller`` is one of the memory's ingesters."""
         if namespace not in self.namespaces:

@@ -66,6 +66,7 @@ from .limits import (
     check_metadata,
     check_namespace,
     check_request_id,
+    check_text,
     check_timeout,
     check_top_k,
     check_vector,
@@ -381,6 +382,11 @@ class Axon:
             vec = body["raw_embedding"]
             reason = check_vector(vec, self.store.dim) or check_metadata(metadata, mv)
             reason = reason or check_namespace(namespace)
+            # a text beside a raw embedding is stored as given, never embedded: e.g. an
+            # engram.sdk.crypto token, for a client that embeds and encrypts at the edge
+            text = body.get("text")
+            if text is not None:
+                reason = reason or check_text(text)
             if reason:
                 raise Invalid(reason)
             arr = np.asarray(vec, dtype=np.float32)
@@ -396,6 +402,7 @@ class Axon:
                 namespace=namespace,
                 model_version=mv,
                 request_id=request_id,
+                text=text,
                 producer=self.producer,
             )
         if "text" not in body:
@@ -592,9 +599,7 @@ class Axon:
         # may not read answers as one that does not exist: no hits.
         try:
             if self.store.access.can_read(namespace, caller_of(request)):
-                results = await asyncio.to_thread(
-                    self._search, text, vector, top_k, namespace, flt
-                )
+                results = await asyncio.to_thread(self._search, text, vector, top_k, namespace, flt)
             else:
                 results = []
         except StoreError as exc:  # e.g. a filter too broad to answer within its bounds
@@ -761,9 +766,7 @@ class Axon:
         acks = await self.publisher.publish_many(events)
         last = max(a.seq for a in acks)
         if not await self.runner.wait_for_seq(last, self.ingest_wait_s):
-            raise Unavailable(
-                "recorded, but not applied yet; ask again shortly", retry_after_s=1.0
-            )
+            raise Unavailable("recorded, but not applied yet; ask again shortly", retry_after_s=1.0)
 
     async def create_namespace(self, request: web.Request) -> web.Response:
         """``POST /namespaces {"namespace", "visibility"}``: 201, the caller owns it; 200
@@ -771,16 +774,19 @@ class Axon:
         body = await self._json(request)
         caller = self._signer(request, "creating a namespace")
         namespace, visibility = body.get("namespace"), _field(body, "visibility", "private")
-        if not isinstance(namespace, str) or (reason := check_namespace(namespace)):
-            raise Invalid(reason if isinstance(namespace, str) else "namespace is required")
+        if not isinstance(namespace, str):
+            raise Invalid("namespace is required (a string)")
+        if reason := check_namespace(namespace):
+            raise Invalid(reason)
         if visibility not in ("public", "private"):
             raise Invalid("visibility must be public or private")
         access = self.store.access
         info = access.info(namespace)
         if info is None:
             if len(access) >= self.store.max_namespaces:
-                raise Conflict(f"this miner holds its limit of {self.store.max_namespaces} "
-                               "namespaces")
+                raise Conflict(
+                    f"this miner holds its limit of {self.store.max_namespaces} namespaces"
+                )
             event = NamespaceCreated(
                 namespace=namespace, visibility=visibility, owner=caller, producer=self.producer
             )
@@ -825,8 +831,13 @@ class Axon:
         )
         info = self._owned(namespace, caller)
         return web.json_response(
-            {"namespace": namespace, "hotkey": hotkey, "access": access, "granted": True,
-             "grants": info.grants()}
+            {
+                "namespace": namespace,
+                "hotkey": hotkey,
+                "access": access,
+                "granted": True,
+                "grants": info.grants(),
+            }
         )
 
     async def revoke(self, request: web.Request) -> web.Response:

@@ -76,7 +76,8 @@ __all__ = [
 
 Vector = npt.NDArray[np.float32]
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS memories (
     key           INTEGER PRIMARY KEY,
     cid           TEXT NOT NULL,
@@ -113,7 +114,9 @@ CREATE TABLE IF NOT EXISTS requests (
     seq        INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS requests_seq ON requests (seq);
-""" + ACCESS_SCHEMA
+"""
+    + ACCESS_SCHEMA
+)
 
 #: A filter matching at most this many records is ranked exactly (recall 1); the matching
 #: keys come from the ``meta_kv`` index, never from a scan of the namespace.
@@ -604,9 +607,12 @@ class MemoryStore:
             res = self._delete(seq, ev.cid, ns)
             gone = [ns] if ns is not None and res.kind == "deleted" else []
             if ns is None and res.kind == "deleted":
-                gone = [r[0] for r in self.db.execute(
-                    "SELECT namespace FROM memories WHERE cid=? AND seq=?", (ev.cid, seq)
-                )]
+                gone = [
+                    r[0]
+                    for r in self.db.execute(
+                        "SELECT namespace FROM memories WHERE cid=? AND seq=?", (ev.cid, seq)
+                    )
+                ]
             self.access.deleted(self.db, seq, ev, gone)
             return res
         if kind in ("NamespaceCreated", "AccessGranted", "AccessRevoked"):
@@ -840,7 +846,7 @@ class MemoryStore:
         db.execute("INSERT INTO snap.meta_kv SELECT * FROM main.meta_kv")
         db.execute("INSERT INTO snap.requests SELECT * FROM main.requests")
         for table in ACCESS_TABLES:
-            db.execute(f"INSERT INTO snap.{table} SELECT * FROM main.{table}")  # noqa: S608
+            db.execute(f"INSERT INTO snap.{table} SELECT * FROM main.{table}")
         db.execute("COMMIT")
         db.execute("DETACH DATABASE snap")
         for ns, data in view.blobs.items():

@@ -29,44 +29,16 @@ from engram.config import Settings
 from engram.miner.auth import public_key_hex
 from engram.miner.client import AxonClient
 from engram.miner.embedder import Embedder
-from engram.miner.node import MinerNode, cache_dir, open_store
+from engram.miner.node import MinerNode, open_store
 from engram.miner.projection import StoreRunner
+from tests.miner.conftest import VALIDATOR, start_node
 
 ALICE = bittensor_core.Keypair.from_uri("//AccessAlice")
 BOB = bittensor_core.Keypair.from_uri("//AccessBob")
 CAROL = bittensor_core.Keypair.from_uri("//AccessCarol")
-VALIDATOR = bittensor_core.Keypair.from_uri("//AccessValidator")
+
 NS = "alice-notes"
 NOTE = "My bank PIN is hidden under the blue teapot in the kitchen."
-
-
-@pytest.fixture
-def signed_settings(miner_settings: Settings) -> Settings:
-    return msgspec.structs.replace(
-        miner_settings,
-        axon_auth="signed",
-        axon_validators=[VALIDATOR.ss58_address],
-        miner_hotkey_seed="//AccessMiner",
-    )
-
-
-async def _start(settings: Settings, model_cache: Path) -> MinerNode:
-    cache = cache_dir(settings)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    if not cache.exists():
-        cache.symlink_to(model_cache, target_is_directory=True)
-    node = MinerNode(settings, port=0, ingest_wait_s=15.0)
-    await node.start()
-    return node
-
-
-@pytest.fixture
-async def signed_node(signed_settings: Settings, model_cache: Path) -> AsyncIterator[MinerNode]:
-    node = await _start(signed_settings, model_cache)
-    try:
-        yield node
-    finally:
-        await node.stop()
 
 
 class Who:
@@ -107,7 +79,9 @@ async def people(signed_node: MinerNode) -> AsyncIterator[dict[str, Who]]:
 
 
 async def _alice_private(alice: Who) -> str:
-    status, out = await alice.call("POST", "/namespaces", {"namespace": NS, "visibility": "private"})
+    status, out = await alice.call(
+        "POST", "/namespaces", {"namespace": NS, "visibility": "private"}
+    )
     assert status == 201, out
     assert out == {"namespace": NS, "visibility": "private", "owner": alice.hotkey, "grants": []}
     status, out = await alice.ingest(NOTE, metadata={"topic": "secrets"})
@@ -246,7 +220,9 @@ async def test_grants_and_creation_are_events_the_store_audits(
         ("AccessRevoked", NS, BOB.ss58_address, "read", ALICE.ss58_address, "revoked"),
     ]
     # creating again: the same owner gets its namespace back, nobody else gets it
-    status, out = await alice.call("POST", "/namespaces", {"namespace": NS, "visibility": "private"})
+    status, out = await alice.call(
+        "POST", "/namespaces", {"namespace": NS, "visibility": "private"}
+    )
     assert status == 200 and out["owner"] == ALICE.ss58_address
     status, _ = await alice.call("POST", "/namespaces", {"namespace": NS, "visibility": "public"})
     assert status == 409
@@ -260,7 +236,9 @@ async def test_grants_and_creation_are_events_the_store_audits(
         "owner": None,
         "grants": [],
     }
-    status, _ = await alice.call("POST", "/namespaces", {"namespace": "teas", "visibility": "private"})
+    status, _ = await alice.call(
+        "POST", "/namespaces", {"namespace": "teas", "visibility": "private"}
+    )
     assert status == 409
     status, _ = await alice.call(
         "POST", "/namespaces/teas/grants", {"hotkey": CAROL.ss58_address, "access": "read"}
@@ -276,8 +254,11 @@ async def test_list_pages_in_store_order_with_a_filter(people: dict[str, Who]) -
     alice = people["alice"]
     await alice.call("POST", "/namespaces", {"namespace": NS, "visibility": "private"})
     items = [
-        {"text": f"note number {i} about {'tea' if i % 2 else 'coffee'}", "namespace": NS,
-         "metadata": {"i": i, "drink": "tea" if i % 2 else "coffee"}}
+        {
+            "text": f"note number {i} about {'tea' if i % 2 else 'coffee'}",
+            "namespace": NS,
+            "metadata": {"i": i, "drink": "tea" if i % 2 else "coffee"},
+        }
         for i in range(7)
     ]
     status, out = await alice.call("POST", "/IngestBatch", {"items": items})
@@ -305,14 +286,16 @@ async def test_list_pages_in_store_order_with_a_filter(people: dict[str, Who]) -
 async def test_delete_survives_restart_snapshot_restore_and_rebuild(
     signed_settings: Settings, model_cache: Path, tmp_path: Path
 ) -> None:
-    node = await _start(signed_settings, model_cache)
+    node = await start_node(signed_settings, model_cache)
     root = signed_settings.data_path / "store"
     saved = tmp_path / "saved-store"
     try:
         async with aiohttp.ClientSession(base_url=node.url) as http:
             alice, bob = Who(http, ALICE), Who(http, BOB)
             cid = await _alice_private(alice)
-            status, out = await alice.ingest("The spare key is with the neighbour.", request_id="k2")
+            status, out = await alice.ingest(
+                "The spare key is with the neighbour.", request_id="k2"
+            )
             keep = out["cid"]
             # Bob's memory in the public namespace: he may delete it, Alice may not
             status, out = await bob.ingest("Public: the library opens at nine.", ns="public")
@@ -357,26 +340,28 @@ async def test_delete_survives_restart_snapshot_restore_and_rebuild(
     finally:
         await node.stop()
 
-    async def gone_after_start(what: str) -> None:
-        n = await _start(signed_settings, model_cache)
+    async def gone_afterstart_node(what: str) -> None:
+        n = await start_node(signed_settings, model_cache)
         try:
             assert n.store is not None and n.store.applied_seq >= applied, what
             async with aiohttp.ClientSession(base_url=n.url) as http:
                 alice = Who(http, ALICE)
                 status, _ = await alice.call("GET", f"/retrieve/{cid}")
                 assert status == 404, what
-                status, got = await alice.call("GET", f"/retrieve/{keep}")
+                status, _ = await alice.call("GET", f"/retrieve/{keep}")
                 assert status == 200, what
                 assert [m["cid"] for m in (await alice.listing())["memories"]] == [keep], what
-                assert bobs not in [h["cid"] for h in await alice.query(ns="public", query_text="library")]
+                assert bobs not in [
+                    h["cid"] for h in await alice.query(ns="public", query_text="library")
+                ]
         finally:
             await n.stop()
 
-    await gone_after_start("restart")
+    await gone_afterstart_node("restart")
     # restore the backup from before the delete: the replay deletes it again
     shutil.rmtree(root)
     shutil.copytree(saved, root)
-    await gone_after_start("snapshot restore")
+    await gone_afterstart_node("snapshot restore")
     # rebuild from sequence 1 into a fresh store
     other = msgspec.structs.replace(signed_settings, data_dir=str(tmp_path / "rebuilt"))
     bus = await open_bus(other)
@@ -420,8 +405,13 @@ async def test_v2_proofs_pass_for_private_memories(
     # Bob is no validator: the challenge path is not a way round the access rules
     challenge = core.new_challenge(cid, public_key_hex(BOB.ss58_address), ttl_s=60)
     status, _ = await people["bob"].call(
-        "POST", "/ChallengeSynapse", {**body, "nonce_hex": challenge.nonce_hex,
-                                      "validator_hotkey_hex": challenge.validator_hotkey_hex}
+        "POST",
+        "/ChallengeSynapse",
+        {
+            **body,
+            "nonce_hex": challenge.nonce_hex,
+            "validator_hotkey_hex": challenge.validator_hotkey_hex,
+        },
     )
     assert status == 403
 
@@ -448,3 +438,60 @@ async def test_open_mode_serves_unsigned_callers_public_namespaces_only(
         ):
             status, out = await anon.call(method, path, body)
             assert status == 401 and "signed" in out["error"], (path, out)
+
+
+def test_the_store_applies_access_in_log_order(tmp_path: Path, embedder: Embedder) -> None:
+    """The projection decides by the log, not by the clock: a write applied after the
+    writer's revocation is refused on every replay; a namespace first written by an
+    ingest cannot be created by someone later."""
+    from engram.miner.store import MemoryStore
+    from streams.events import AccessGranted, AccessRevoked, Embedded, NamespaceCreated
+
+    vecs = embedder.embed(["one note", "another note"])
+    metas = [{"i": 0}, {"i": 1}]
+    cids = core.compute_cids(vecs, metas, embedder.model_version)
+
+    def emb(i: int, caller: str, ns: str = NS) -> Embedded:
+        return Embedded(
+            cid=cids[i],
+            vector=vecs[i].astype("<f4").tobytes(),
+            dim=384,
+            metadata=metas[i],
+            namespace=ns,
+            model_version=embedder.model_version,
+            request_id=f"r{i}-{caller[:6]}",
+            caller=caller,
+            request_kind="raw",
+        )
+
+    a, c = ALICE.ss58_address, CAROL.ss58_address
+    log = [
+        NamespaceCreated(namespace=NS, visibility="private", owner=a),
+        AccessGranted(namespace=NS, hotkey=c, access="write", by=a),
+        emb(0, c),  # allowed: Carol holds write here
+        AccessRevoked(namespace=NS, hotkey=c, access="write", by=a),
+        emb(1, c),  # refused: applied after the revocation
+        AccessGranted(namespace=NS, hotkey=c, access="read", by=c),  # not the owner: refused
+        emb(0, c, ns="open-ns"),  # first write makes a public namespace with no owner
+        NamespaceCreated(namespace="open-ns", visibility="private", owner=a),  # exists
+    ]
+    for root in ("live", "replayed"):
+        store = MemoryStore(tmp_path / root)
+        results = store.apply_batch(list(enumerate(log, start=1)))
+        kinds = [(r.seq, r.kind, r.error if r.kind == "access" else "") for r in results]
+        assert kinds[:4] == [
+            (1, "access", "created"),
+            (2, "access", "granted"),
+            (3, "stored", ""),
+            (4, "access", "revoked"),
+        ]
+        assert kinds[4][:2] == (5, "rejected") and "may not write" in results[4].error
+        assert kinds[5:] == [
+            (6, "access", "refused: not the owner"),
+            (7, "stored", ""),
+            (8, "access", "exists"),
+        ]
+        assert [r.cid for r in store.records(NS)] == [cids[0]]
+        info = store.access.info("open-ns")
+        assert info is not None and info.visibility == "public" and info.owner == ""
+        store.close()
