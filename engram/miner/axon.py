@@ -618,9 +618,15 @@ class Axon:
     async def challenge(self, request: web.Request) -> web.Response:
         body = await self._json(request)
         ch, version = self._challenge_of(body)
+        caller = caller_of(request)
         if version == 2:
-            check_challenge_binding(ch.validator_hotkey_hex, caller_of(request))
-        rec = await asyncio.to_thread(self.store.get, ch.cid)
+            check_challenge_binding(ch.validator_hotkey_hex, caller)
+        # a signed validator may challenge any stored vector (the proof never holds the
+        # text); an unsigned challenge (open mode) reaches public namespaces only
+        held = await asyncio.to_thread(self.store.holders, ch.cid)
+        if caller is None:
+            held = [r for r in held if self.store.access.can_read(r.namespace, None)]
+        rec = held[0] if held else None
         if rec is None:
             raise NotFound(f"unknown CID {short(ch.cid)}")
         try:  # each challenge is answered once (docs/protocol.md, "Verification")

@@ -431,6 +431,21 @@ async def test_open_mode_serves_unsigned_callers_public_namespaces_only(
         assert (await anon.listing())["memories"] == []
         status, _ = await anon.ingest("anonymous into a private namespace")
         assert status == 404
+        # an unsigned challenge (open mode only) reaches public memories only
+        for target, expected in ((out["cid"], 200), (cid, 404)):
+            ch = core.new_challenge(target, "11" * 32, ttl_s=60)
+            status, _ = await anon.call(
+                "POST",
+                "/ChallengeSynapse",
+                {
+                    "cid": target,
+                    "nonce_hex": ch.nonce_hex,
+                    "expires_at": ch.expires_at,
+                    "validator_hotkey_hex": ch.validator_hotkey_hex,
+                    "version": 2,
+                },
+            )
+            assert status == expected, target
         for method, path, body in (
             ("POST", "/namespaces", {"namespace": "mine", "visibility": "private"}),
             ("DELETE", f"/memory/{cid}", None),
