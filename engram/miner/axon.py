@@ -931,9 +931,14 @@ class Axon:
             after = int(cursor)
         flt: dict[str, Any] | None = None
         if (raw := q.get("filter")) is not None:
-            flt_any = _parse_object(raw.encode()) if raw.strip() else None
-            if flt_any is None or (reason := check_filter(flt_any)):
-                raise Invalid(f"filter: {reason or 'give a JSON object'}")
+            try:
+                flt_any = _parse_object(raw.encode()) if raw.strip() else None
+            except Invalid:
+                flt_any = None
+            if flt_any is None:
+                raise Invalid("filter must be a URL-encoded JSON object")
+            if reason := check_filter(flt_any):
+                raise Invalid(f"filter: {reason}")
             flt = flt_any
         if not self.store.access.can_read(namespace, caller_of(request)):
             return web.json_response({"memories": [], "next_cursor": None})

@@ -510,3 +510,28 @@ def test_the_store_applies_access_in_log_order(tmp_path: Path, embedder: Embedde
         info = store.access.info("open-ns")
         assert info is not None and info.visibility == "public" and info.owner == ""
         store.close()
+
+
+async def test_malformed_access_requests_are_4xx_with_a_reason(people: dict[str, Who]) -> None:
+    alice = people["alice"]
+    await _alice_private(alice)
+    cases: list[tuple[str, str, Any, int]] = [
+        ("POST", "/namespaces", {"visibility": "private"}, 400),
+        ("POST", "/namespaces", {"namespace": 7}, 400),
+        ("POST", "/namespaces", {"namespace": "bad name!", "visibility": "private"}, 400),
+        ("POST", "/namespaces", {"namespace": "x", "visibility": "secret"}, 400),
+        ("POST", f"/namespaces/{NS}/grants", {"hotkey": "not-a-key", "access": "read"}, 400),
+        ("POST", f"/namespaces/{NS}/grants", {"hotkey": BOB.ss58_address, "access": "own"}, 400),
+        ("POST", f"/namespaces/{NS}/grants", [1, 2], 400),
+        ("DELETE", f"/namespaces/{NS}/grants/{BOB.ss58_address}?access=all", None, 400),
+        ("DELETE", f"/namespaces/{NS}/grants/nobody", None, 400),
+        ("POST", "/namespaces/nope/grants", {"hotkey": BOB.ss58_address, "access": "read"}, 404),
+        ("DELETE", "/memory/" + "c" * 300, None, 400),
+        ("DELETE", "/memory/v1::unknown", None, 404),
+        ("GET", "/namespaces/nope", None, 404),
+        ("GET", "/memories?namespace=bad%20name", None, 400),
+        ("GET", "/memories?limit=ten", None, 400),
+    ]
+    for method, path, body, expected in cases:
+        status, out = await alice.call(method, path, body)
+        assert status == expected and isinstance(out.get("error"), str), (path, body, out)
