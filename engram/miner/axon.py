@@ -1078,6 +1078,8 @@ def make_app(
                 resp = _error_response(status, short_reason(str(exc)), _retry_after(exc))
                 if isinstance(exc, Unreadable):
                     resp.force_close()
+                elif isinstance(exc, Unauthorized):
+                    resp.headers["WWW-Authenticate"] = "btauth/1"
         axon.m_requests.labels(endpoint, str(resp.status)).inc()
         axon.m_latency.labels(endpoint).observe(time.perf_counter() - t0)
         return resp

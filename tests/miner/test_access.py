@@ -453,6 +453,8 @@ async def test_open_mode_serves_unsigned_callers_public_namespaces_only(
         ):
             status, out = await anon.call(method, path, body)
             assert status == 401 and "signed" in out["error"], (path, out)
+        async with http.delete(f"/memory/{cid}") as r:
+            assert r.status == 401 and r.headers["WWW-Authenticate"] == "btauth/1"
 
 
 def test_the_store_applies_access_in_log_order(tmp_path: Path, embedder: Embedder) -> None:
