@@ -74,8 +74,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     snapshot_every_s: float = 60.0
     store_max_namespaces: int = 1024  # namespaces (one index each) a miner holds; more: 409
 
-    # axon auth (btauth/1, PROTOCOL.md): "auto" = "open" on a loopback bind, else "signed"
-    axon_auth: str = "auto"  # auto | signed | open
+    # axon auth (btauth/1, PROTOCOL.md): "signed" on every bind by default (issue 9);
+    # "open" accepts unsigned requests to public namespaces; "auto" = open on loopback
+    axon_auth: str = "signed"  # signed | open | auto
     axon_validators: list[str] = msgspec.field(default_factory=list)  # ss58s that may challenge
     axon_min_stake: float = 0.0  # ingest needs this stake; 0 = off (needs a chain registry)
     # storage-proof versions the axon answers; add 1 for validators following the seeds

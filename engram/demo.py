@@ -88,11 +88,21 @@ QUESTIONS = [
 
 async def run_miner_demo(settings: Settings) -> dict[str, Any]:
     import aiohttp
+    import bittensor_core
+    import msgspec
     import numpy as np
 
     from engram import core
+    from engram.miner.auth import public_key_hex
+    from engram.miner.client import AxonClient
     from engram.miner.node import MinerNode, load_embedder
 
+    # the demo signs every request (btauth/1) with its own hotkey, which this miner also
+    # trusts as a validator so that the demo can challenge it
+    demo_key = bittensor_core.Keypair.from_uri("//EngramDemo")
+    settings = msgspec.structs.replace(
+        settings, axon_auth="signed", axon_validators=[demo_key.ss58_address]
+    )
     node = MinerNode(settings, port=0)
     with console.status("starting a miner (loading the embedding model)"):
         await node.start()
@@ -104,21 +114,16 @@ async def run_miner_demo(settings: Settings) -> dict[str, Any]:
         vectors = await asyncio.to_thread(embedder.embed, FACTS)
         metadata = [{"source": "demo", "n": i} for i in range(len(FACTS))]
         cids = core.compute_cids(vectors, metadata, embedder.model_version)
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(base_url=node.url) as http:
+            axon = AxonClient(http, demo_key)
             items = [
                 {"raw_embedding": vectors[i].tolist(), "metadata": metadata[i]}
                 for i in range(len(FACTS))
             ]
-            async with http.post(
-                f"{node.url}/IngestBatch", json={"items": items, "timeout_s": 60}
-            ) as r:
-                ingest = await r.json()
+            _, ingest = await axon.post("/IngestBatch", {"items": items, "timeout_s": 60})
             answers = []
             for q in QUESTIONS:
-                async with http.post(
-                    f"{node.url}/QuerySynapse", json={"query_text": q, "top_k": 1}
-                ) as r:
-                    res = await r.json()
+                _, res = await axon.post("/QuerySynapse", {"query_text": q, "top_k": 1})
                 top = res["results"][0]
                 answers.append(
                     {
@@ -130,7 +135,9 @@ async def run_miner_demo(settings: Settings) -> dict[str, Any]:
                     }
                 )
             n = FACTS.index(answers[0]["answer"])
-            challenge = core.new_challenge(answers[0]["cid"], "11" * 32, ttl_s=60)
+            challenge = core.new_challenge(
+                answers[0]["cid"], public_key_hex(demo_key.ss58_address), ttl_s=60
+            )
             body = {
                 "cid": challenge.cid,
                 "nonce_hex": challenge.nonce_hex,
@@ -138,8 +145,7 @@ async def run_miner_demo(settings: Settings) -> dict[str, Any]:
                 "validator_hotkey_hex": challenge.validator_hotkey_hex,
                 "version": 2,
             }
-            async with http.post(f"{node.url}/ChallengeSynapse", json=body) as r:
-                proof = await r.json()
+            _, proof = await axon.post("/ChallengeSynapse", body)
         # the validator's side: the proof must match the vector the demo embedded itself,
         # never one fetched from the miner under test
         own = np.ascontiguousarray(vectors[n], dtype=np.float32)

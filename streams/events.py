@@ -25,6 +25,8 @@ from .errors import InputError
 
 __all__ = [
     "ALL_EVENTS",
+    "AccessGranted",
+    "AccessRevoked",
     "BlobArchived",
     "BlobDescribed",
     "BlobReceived",
@@ -40,6 +42,7 @@ __all__ = [
     "EventDecodeError",
     "IngestRejected",
     "IngestRequested",
+    "NamespaceCreated",
     "ProofVerified",
     "RecallSampled",
     "RepairRequested",
@@ -190,10 +193,51 @@ class Stored(Event, frozen=True, kw_only=True, tag="Stored"):
 
 
 class Deleted(Event, frozen=True, kw_only=True, tag="Deleted"):
+    """A memory removed from a namespace (``namespace`` empty: from every namespace, the
+    old shape) by the hotkey ``by`` (issue 9: the log keeps who deleted what)."""
+
     SUBJECT: ClassVar[str] = "engram.memory.deleted"
 
     cid: str
     reason: str = ""
+    namespace: str = ""
+    by: str = ""
+
+
+# --- access (issue 9): namespaces with owners; on MEMORY, in order with the memories -----
+
+
+class NamespaceCreated(Event, frozen=True, kw_only=True, tag="NamespaceCreated"):
+    """``owner`` (a btauth/1 hotkey) created ``namespace``, ``public`` or ``private``. The
+    first creation wins; a later one for a namespace that exists changes nothing."""
+
+    SUBJECT: ClassVar[str] = "engram.memory.namespace.created"
+
+    namespace: str
+    visibility: str  # "public" | "private"
+    owner: str
+
+
+class AccessGranted(Event, frozen=True, kw_only=True, tag="AccessGranted"):
+    """The owner ``by`` let ``hotkey`` ``read`` or ``write`` ``namespace``."""
+
+    SUBJECT: ClassVar[str] = "engram.memory.access.granted"
+
+    namespace: str
+    hotkey: str
+    access: str  # "read" | "write"
+    by: str
+
+
+class AccessRevoked(Event, frozen=True, kw_only=True, tag="AccessRevoked"):
+    """The owner ``by`` took ``access`` (``read``, ``write``) to ``namespace`` back."""
+
+    SUBJECT: ClassVar[str] = "engram.memory.access.revoked"
+
+    namespace: str
+    hotkey: str
+    access: str
+    by: str
 
 
 # --- blobs ------------------------------------------------------------------------------
@@ -482,6 +526,9 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     IngestRejected,
     Stored,
     Deleted,
+    NamespaceCreated,
+    AccessGranted,
+    AccessRevoked,
     BlobReceived,
     BlobArchived,
     BlobDescribed,
@@ -506,6 +553,9 @@ AnyEvent: TypeAlias = (
     | IngestRejected
     | Stored
     | Deleted
+    | NamespaceCreated
+    | AccessGranted
+    | AccessRevoked
     | BlobReceived
     | BlobArchived
     | BlobDescribed

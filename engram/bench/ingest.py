@@ -331,6 +331,7 @@ async def _run(docs: int, queries: int, data_dir: Path, source: str) -> dict[str
         node_id="bench",
         nats_sync="always",
         log_level="warning",
+        axon_auth="open",  # the bench's own loopback miner, unsigned load
     )
     # batch 32: on 2 cores ~10% faster than 64 on length-sorted text (and than 16 at once)
     settings = msgspec.structs.replace(settings, embed_batch=32, embed_batch_wait_s=0.05)

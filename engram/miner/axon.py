@@ -40,9 +40,19 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from engram import core as _core
 from streams.errors import InputError, Unavailable, short
-from streams.events import Embedded, IngestRequested, request_key
+from streams.events import (
+    AccessGranted,
+    AccessRevoked,
+    Deleted,
+    Embedded,
+    Event,
+    IngestRequested,
+    NamespaceCreated,
+    request_key,
+)
 from streams.publisher import Publisher
 
+from .access import NamespaceInfo, check_hotkey
 from .auth import AUTH_KEY, AxonAuth, caller_of, public_key_hex
 from .embedder import Embedder
 from .limits import (
@@ -56,6 +66,7 @@ from .limits import (
     check_metadata,
     check_namespace,
     check_request_id,
+    check_text,
     check_timeout,
     check_top_k,
     check_vector,
@@ -80,6 +91,7 @@ __all__ = [
     "NotFound",
     "Refused",
     "TooLarge",
+    "Unauthorized",
     "Unreadable",
     "UnsupportedMediaType",
     "check_challenge_binding",
@@ -142,7 +154,13 @@ class Unreadable(Invalid):
 
 
 class NotFound(_Typed):
-    """What the request names does not exist here (an unknown CID)."""
+    """What the request names does not exist here (an unknown CID), or is private to
+    others (the same answer: a caller without access learns nothing)."""
+
+
+class Unauthorized(_Typed):
+    """The request needs an identity: a btauth/1 signature (creating a namespace,
+    granting, deleting)."""
 
 
 class Forbidden(_Typed):
@@ -175,6 +193,7 @@ class Busy(_Typed):
 STATUS: dict[type[BaseException], int] = {
     Invalid: 400,
     Unreadable: 400,
+    Unauthorized: 401,
     Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
@@ -340,9 +359,13 @@ class Axon:
 
     # --- ingest ---------------------------------------------------------------------------
 
-    def _ingest_event(self, body: dict[str, Any]) -> Embedded | IngestRequested:
+    def _ingest_event(
+        self, body: dict[str, Any], caller: str | None = None
+    ) -> Embedded | IngestRequested:
         metadata = _field(body, "metadata", {})
         namespace = _field(body, "namespace", "public")
+        if isinstance(namespace, str):
+            self._check_write(namespace, caller)
         request_id = _field(body, "request_id", None)
         if request_id is None:
             request_id = uuid.uuid4().hex
@@ -359,6 +382,11 @@ class Axon:
             vec = body["raw_embedding"]
             reason = check_vector(vec, self.store.dim) or check_metadata(metadata, mv)
             reason = reason or check_namespace(namespace)
+            # a text beside a raw embedding is stored as given, never embedded: e.g. an
+            # engram.sdk.crypto token, for a client that embeds and encrypts at the edge
+            text = body.get("text")
+            if text is not None:
+                reason = reason or check_text(text)
             if reason:
                 raise Invalid(reason)
             arr = np.asarray(vec, dtype=np.float32)
@@ -374,6 +402,7 @@ class Axon:
                 namespace=namespace,
                 model_version=mv,
                 request_id=request_id,
+                text=text,
                 producer=self.producer,
             )
         if "text" not in body:
@@ -481,7 +510,7 @@ class Axon:
 
     async def ingest(self, request: web.Request) -> web.Response:
         body = await self._json(request)
-        ev = self._ingest_event(body)
+        ev = self._ingest_event(body, caller_of(request))
         (res,) = await self._submit([ev], self.ingest_wait_s, caller_scope(request))
         out = self._result_json(ev.request_id, res)
         status = 200 if out["status"] == "stored" else 202 if res is None else 422
@@ -505,7 +534,7 @@ class Axon:
             try:
                 if not isinstance(item, dict):
                     raise Invalid("each item must be a JSON object")
-                events.append(self._ingest_event(item))
+                events.append(self._ingest_event(item, caller_of(request)))
             except Refused as exc:
                 errors.append({"index": i, "error": exc.reason})
         if errors:
@@ -566,9 +595,13 @@ class Axon:
         if reason:
             raise Invalid(reason)
         # one thread hop for embed + search; the response is encoded by msgspec (~5x
-        # faster than json.dumps for a page of hits with metadata)
+        # faster than json.dumps for a page of hits with metadata). A namespace the caller
+        # may not read answers as one that does not exist: no hits.
         try:
-            results = await asyncio.to_thread(self._search, text, vector, top_k, namespace, flt)
+            if self.store.access.can_read(namespace, caller_of(request)):
+                results = await asyncio.to_thread(self._search, text, vector, top_k, namespace, flt)
+            else:
+                results = []
         except StoreError as exc:  # e.g. a filter too broad to answer within its bounds
             raise Refused(422, str(exc)) from None
         out = _QUERY_ENCODER.encode(
@@ -585,9 +618,15 @@ class Axon:
     async def challenge(self, request: web.Request) -> web.Response:
         body = await self._json(request)
         ch, version = self._challenge_of(body)
+        caller = caller_of(request)
         if version == 2:
-            check_challenge_binding(ch.validator_hotkey_hex, caller_of(request))
-        rec = await asyncio.to_thread(self.store.get, ch.cid)
+            check_challenge_binding(ch.validator_hotkey_hex, caller)
+        # a signed validator may challenge any stored vector (the proof never holds the
+        # text); an unsigned challenge (open mode) reaches public namespaces only
+        held = await asyncio.to_thread(self.store.holders, ch.cid)
+        if caller is None:
+            held = [r for r in held if self.store.access.can_read(r.namespace, None)]
+        rec = held[0] if held else None
         if rec is None:
             raise NotFound(f"unknown CID {short(ch.cid)}")
         try:  # each challenge is answered once (docs/protocol.md, "Verification")
@@ -667,8 +706,18 @@ class Axon:
         namespace = request.query.get("namespace")
         if namespace is not None and (reason := check_namespace(namespace)):
             raise Invalid(reason)
-        rec = await asyncio.to_thread(self.store.get, cid, namespace)
-        if rec is None:
+        caller = caller_of(request)
+        held = await asyncio.to_thread(self.store.holders, cid)
+        rec = next(
+            (
+                r
+                for r in held
+                if (namespace is None or r.namespace == namespace)
+                and self.store.access.can_read(r.namespace, caller)
+            ),
+            None,
+        )
+        if rec is None:  # unknown, or not the caller's to read: the same answer
             raise NotFound(f"unknown CID {short(cid)}")
         return web.json_response(
             {
@@ -679,6 +728,228 @@ class Axon:
                 "model_version": rec.model_version,
                 "embedding": [float(x) for x in rec.vector],
                 "error": None,
+            }
+        )
+
+    # --- access: namespaces, grants, delete, list (engram.miner.access) ------------------
+
+    def _check_write(self, namespace: str, caller: str | None) -> None:
+        info = self.store.access.info(namespace)
+        if info is None or info.can_write(caller):
+            return
+        if not info.can_read(caller):
+            raise NotFound(f"unknown namespace {short(namespace)}")
+        raise Forbidden(
+            f"{caller or 'an unsigned caller'} may not write namespace {short(namespace)}: "
+            "its owner grants write"
+        )
+
+    @staticmethod
+    def _signer(request: web.Request, what: str) -> str:
+        caller = caller_of(request)
+        if caller is None:
+            raise Unauthorized(f"{what} needs a btauth/1 signed request (the signer is who)")
+        return caller
+
+    def _namespace_arg(self, request: web.Request) -> str:
+        namespace = request.match_info["namespace"]
+        if reason := check_namespace(namespace):
+            raise Invalid(reason)
+        return namespace
+
+    def _owned(self, namespace: str, caller: str | None) -> NamespaceInfo:
+        """The namespace, if ``caller`` owns it: else 404 (cannot read it) or 403."""
+        info = self.store.access.info(namespace)
+        if info is None or not info.can_read(caller):
+            raise NotFound(f"unknown namespace {short(namespace)}")
+        if not info.owner or info.owner != caller:
+            owner = f"its owner {info.owner}" if info.owner else "nobody (it has no owner)"
+            raise Forbidden(f"namespace {short(namespace)} is managed by {owner}")
+        return info
+
+    async def _publish_applied(self, events: list[Event]) -> None:
+        """Publish to MEMORY and wait until the store applied them (read-your-writes)."""
+        acks = await self.publisher.publish_many(events)
+        last = max(a.seq for a in acks)
+        if not await self.runner.wait_for_seq(last, self.ingest_wait_s):
+            raise Unavailable("recorded, but not applied yet; ask again shortly", retry_after_s=1.0)
+
+    async def create_namespace(self, request: web.Request) -> web.Response:
+        """``POST /namespaces {"namespace", "visibility"}``: 201, the caller owns it; 200
+        when the caller already made it so; 409 when it exists otherwise."""
+        body = await self._json(request)
+        caller = self._signer(request, "creating a namespace")
+        namespace, visibility = body.get("namespace"), _field(body, "visibility", "private")
+        if not isinstance(namespace, str):
+            raise Invalid("namespace is required (a string)")
+        if reason := check_namespace(namespace):
+            raise Invalid(reason)
+        if visibility not in ("public", "private"):
+            raise Invalid("visibility must be public or private")
+        access = self.store.access
+        info = access.info(namespace)
+        if info is None:
+            if len(access) >= self.store.max_namespaces:
+                raise Conflict(
+                    f"this miner holds its limit of {self.store.max_namespaces} namespaces"
+                )
+            event = NamespaceCreated(
+                namespace=namespace, visibility=visibility, owner=caller, producer=self.producer
+            )
+            await self._publish_applied([event])
+            info = access.info(namespace)
+            created = info is not None and info.seq > 0 and info.owner == caller
+            if created and info is not None and info.visibility == visibility:
+                return web.json_response(info.as_json(caller), status=201)
+        if info is not None and info.owner == caller and info.visibility == visibility:
+            return web.json_response(info.as_json(caller), status=200)
+        raise Conflict(f"namespace {short(namespace)} exists with another owner or visibility")
+
+    async def get_namespace(self, request: web.Request) -> web.Response:
+        namespace = self._namespace_arg(request)
+        info = self.store.access.info(namespace)
+        caller = caller_of(request)
+        if info is None or not info.can_read(caller):
+            raise NotFound(f"unknown namespace {short(namespace)}")
+        return web.json_response(info.as_json(caller))
+
+    async def grant(self, request: web.Request) -> web.Response:
+        """``POST /namespaces/{ns}/grants {"hotkey", "access": "read"|"write"}``, owner only."""
+        namespace = self._namespace_arg(request)
+        body = await self._json(request)
+        caller = self._signer(request, "granting access")
+        self._owned(namespace, caller)
+        hotkey, access = body.get("hotkey"), body.get("access")
+        if reason := check_hotkey(hotkey):
+            raise Invalid(reason)
+        if access not in ("read", "write"):
+            raise Invalid("access must be read or write")
+        await self._publish_applied(
+            [
+                AccessGranted(
+                    namespace=namespace,
+                    hotkey=str(hotkey),
+                    access=str(access),
+                    by=caller,
+                    producer=self.producer,
+                )
+            ]
+        )
+        info = self._owned(namespace, caller)
+        return web.json_response(
+            {
+                "namespace": namespace,
+                "hotkey": hotkey,
+                "access": access,
+                "granted": True,
+                "grants": info.grants(),
+            }
+        )
+
+    async def revoke(self, request: web.Request) -> web.Response:
+        """``DELETE /namespaces/{ns}/grants/{hotkey}[?access=read|write]`` (default both)."""
+        namespace = self._namespace_arg(request)
+        caller = self._signer(request, "revoking access")
+        self._owned(namespace, caller)
+        hotkey = request.match_info["hotkey"]
+        if reason := check_hotkey(hotkey):
+            raise Invalid(reason)
+        which = request.query.get("access")
+        if which not in (None, "read", "write"):
+            raise Invalid("access must be read or write (or absent: both)")
+        kinds = [which] if which else ["read", "write"]
+        await self._publish_applied(
+            [
+                AccessRevoked(
+                    namespace=namespace, hotkey=hotkey, access=a, by=caller, producer=self.producer
+                )
+                for a in kinds
+            ]
+        )
+        info = self._owned(namespace, caller)
+        return web.json_response(
+            {"namespace": namespace, "hotkey": hotkey, "revoked": kinds, "grants": info.grants()}
+        )
+
+    async def delete_memory(self, request: web.Request) -> web.Response:
+        """``DELETE /memory/{cid}[?namespace=NS]``: 404 unknown or unreadable, 403 readable
+        but not the caller's to delete; else one ``Deleted`` per namespace it goes from."""
+        cid = request.match_info["cid"]
+        if len(cid) > MAX_CID_CHARS:
+            raise Invalid(f"cid is {len(cid)} characters; no CID is longer than {MAX_CID_CHARS}")
+        namespace = request.query.get("namespace")
+        if namespace is not None and (reason := check_namespace(namespace)):
+            raise Invalid(reason)
+        caller = self._signer(request, "deleting a memory")
+        access = self.store.access
+        held = await asyncio.to_thread(self.store.holders, cid)
+        seen = [
+            r.namespace
+            for r in held
+            if (namespace is None or r.namespace == namespace)
+            and access.can_read(r.namespace, caller)
+        ]
+        if not seen:
+            raise NotFound(f"unknown CID {short(cid)}")
+
+        def deletable() -> list[str]:
+            with self.store.reading() as db:
+                return [
+                    ns
+                    for ns in seen
+                    if access.may_delete(access.info(ns), caller, access.ingesters(db, ns, cid))
+                ]
+
+        mine = await asyncio.to_thread(deletable)
+        if not mine:
+            raise Forbidden(
+                "only the namespace's owner (or, in a public namespace, a hotkey that "
+                "ingested it) may delete this memory"
+            )
+        await self._publish_applied(
+            [Deleted(cid=cid, namespace=ns, by=caller, producer=self.producer) for ns in mine]
+        )
+        return web.json_response({"cid": cid, "deleted": True, "namespaces": mine})
+
+    async def list_memories(self, request: web.Request) -> web.Response:
+        """``GET /memories?namespace=&limit=&cursor=&filter=``: a page in store order."""
+        q = request.query
+        namespace = q.get("namespace", "public")
+        if reason := check_namespace(namespace):
+            raise Invalid(reason)
+        try:
+            limit = int(q.get("limit", "100"))
+        except ValueError:
+            raise Invalid("limit must be an integer from 1 to 1000") from None
+        if not 1 <= limit <= 1000:
+            raise Invalid("limit must be an integer from 1 to 1000")
+        cursor = q.get("cursor")
+        after = 0
+        if cursor is not None:
+            if not cursor.isdigit() or len(cursor) > 19:
+                raise Invalid("cursor must be the next_cursor of a previous page")
+            after = int(cursor)
+        flt: dict[str, Any] | None = None
+        if (raw := q.get("filter")) is not None:
+            try:
+                flt_any = _parse_object(raw.encode()) if raw.strip() else None
+            except Invalid:
+                flt_any = None
+            if flt_any is None:
+                raise Invalid("filter must be a URL-encoded JSON object")
+            if reason := check_filter(flt_any):
+                raise Invalid(f"filter: {reason}")
+            flt = flt_any
+        if not self.store.access.can_read(namespace, caller_of(request)):
+            return web.json_response({"memories": [], "next_cursor": None})
+        recs, nxt = await asyncio.to_thread(self.store.page, namespace, after, limit, flt)
+        return web.json_response(
+            {
+                "memories": [
+                    {"cid": r.cid, "namespace": r.namespace, "text": r.text, "metadata": r.metadata}
+                    for r in recs
+                ],
+                "next_cursor": None if nxt is None else str(nxt),
             }
         )
 
@@ -701,11 +972,15 @@ class Axon:
             status=503 if degraded else 200,
         )
 
-    def stats_dict(self) -> dict[str, Any]:
+    def stats_dict(self, caller: str | None = None) -> dict[str, Any]:
+        """The store's state; namespaces and memory counts only of what ``caller`` may
+        read (a private namespace of another is not there at all)."""
         s = self.store.stats
+        access = self.store.access
+        seen = {ns: n for ns, n in self.store.namespaces().items() if access.can_read(ns, caller)}
         out: dict[str, Any] = {
-            "memories": len(self.store),
-            "namespaces": self.store.namespaces(),
+            "memories": sum(seen.values()),
+            "namespaces": seen,
             "applied_seq": self.store.applied_seq,
             "model_version": self.embedder.model_version,
             "model": self.embedder.model_id,
@@ -725,7 +1000,21 @@ class Axon:
         return out
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response(await asyncio.to_thread(self.stats_dict))
+        namespace = request.query.get("namespace")
+        caller = caller_of(request)
+        out = await asyncio.to_thread(self.stats_dict, caller)
+        if namespace is not None:
+            if reason := check_namespace(namespace):
+                raise Invalid(reason)
+            info = self.store.access.info(namespace)
+            if info is None or not info.can_read(caller):
+                raise NotFound(f"unknown namespace {short(namespace)}")
+            out = {
+                **info.as_json(caller),
+                "memories": out["namespaces"].get(namespace, 0),
+                "applied_seq": out["applied_seq"],
+            }
+        return web.json_response(out)
 
     async def metrics(self, request: web.Request) -> web.Response:
         self.m_memories.set(len(self.store))
@@ -789,6 +1078,8 @@ def make_app(
                 resp = _error_response(status, short_reason(str(exc)), _retry_after(exc))
                 if isinstance(exc, Unreadable):
                     resp.force_close()
+                elif isinstance(exc, Unauthorized):
+                    resp.headers["WWW-Authenticate"] = "btauth/1"
         axon.m_requests.labels(endpoint, str(resp.status)).inc()
         axon.m_latency.labels(endpoint).observe(time.perf_counter() - t0)
         return resp
@@ -807,6 +1098,13 @@ def make_app(
     app.router.add_post("/QuerySynapse", axon.query)
     app.router.add_post("/ChallengeSynapse", axon.challenge)
     app.router.add_get("/retrieve/{cid}", axon.retrieve)
+    # access (issue 9; engram.miner.access)
+    app.router.add_post("/namespaces", axon.create_namespace)
+    app.router.add_get("/namespaces/{namespace}", axon.get_namespace)
+    app.router.add_post("/namespaces/{namespace}/grants", axon.grant)
+    app.router.add_delete("/namespaces/{namespace}/grants/{hotkey}", axon.revoke)
+    app.router.add_delete("/memory/{cid}", axon.delete_memory)
+    app.router.add_get("/memories", axon.list_memories)
     app.router.add_get("/health", axon.health)
     app.router.add_get("/stats", axon.stats)
     app.router.add_get("/metrics", axon.metrics)

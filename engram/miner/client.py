@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import structlog
+from yarl import URL
 
 from engram.config import Settings
 from engram.keys import load_or_create_key
@@ -73,7 +74,10 @@ class AxonClient:
         headers = await self.headers(method, path, data)
         if body is not None:
             headers["Content-Type"] = "application/json"
-        async with self.http.request(method, path, data=data, headers=headers) as r:
+        # sent exactly as signed: yarl would otherwise re-quote the query (``+``, ``%3A``)
+        # and the signature, over the path as given, would not verify
+        url = URL(path, encoded=True)
+        async with self.http.request(method, url, data=data, headers=headers) as r:
             try:
                 out = await r.json(content_type=None)
             except (json.JSONDecodeError, UnicodeDecodeError):

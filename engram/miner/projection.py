@@ -1,4 +1,5 @@
-"""The store projection: MEMORY (``Embedded``, ``Deleted``, ``IngestRejected``) → the store.
+"""The store projection: MEMORY (``Embedded``, ``Deleted``, ``IngestRejected`` and the access
+events ``NamespaceCreated``, ``AccessGranted``, ``AccessRevoked``) → the store.
 
 It runs on the one projection runner (:class:`streams.projection.ProjectionRunner`); what
 the store needs is expressed through that runner's hooks:
@@ -24,7 +25,17 @@ from typing import Any
 import structlog
 from nats.js import JetStreamContext
 
-from streams.events import DeadLettered, Deleted, Embedded, Event, IngestRejected, Stored
+from streams.events import (
+    AccessGranted,
+    AccessRevoked,
+    DeadLettered,
+    Deleted,
+    Embedded,
+    Event,
+    IngestRejected,
+    NamespaceCreated,
+    Stored,
+)
 from streams.projection import BatchOutcome, Failure, Projection, ProjectionRunner
 from streams.publisher import Publisher
 from streams.replay import Replayed
@@ -37,7 +48,15 @@ __all__ = ["StoreProjection", "StoreRunner"]
 log = structlog.get_logger("engram.miner.store")
 
 STREAM = "MEMORY"
-SUBJECTS = [Embedded.SUBJECT, Deleted.SUBJECT, IngestRejected.SUBJECT]
+SUBJECTS = [
+    Embedded.SUBJECT,
+    Deleted.SUBJECT,
+    IngestRejected.SUBJECT,
+    # access (engram.miner.access): applied in order with the memories they govern
+    NamespaceCreated.SUBJECT,
+    AccessGranted.SUBJECT,
+    AccessRevoked.SUBJECT,
+]
 CONSUMER = "store"
 
 

@@ -41,7 +41,8 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -51,6 +52,8 @@ import numpy.typing as npt
 
 from engram import core as _core
 from streams.errors import InputError, short
+
+from .access import ACCESS_SCHEMA, ACCESS_TABLES, AccessDenied, AccessState
 
 try:  # onnxruntime must be loaded before usearch: the other order segfaults when a
     import onnxruntime  # noqa: F401  # model is loaded later (native library clash,
@@ -73,7 +76,8 @@ __all__ = [
 
 Vector = npt.NDArray[np.float32]
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS memories (
     key           INTEGER PRIMARY KEY,
     cid           TEXT NOT NULL,
@@ -111,6 +115,8 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_seq ON requests (seq);
 """
+    + ACCESS_SCHEMA
+)
 
 #: A filter matching at most this many records is ranked exactly (recall 1); the matching
 #: keys come from the ``meta_kv`` index, never from a scan of the namespace.
@@ -294,6 +300,8 @@ class MemoryStore:
         self._lockfile: TextIO | None = None
         self.applied_seq = 0
         self.stats = _Stats()
+        #: who may read, write and delete (engram.miner.access), kept with the memories
+        self.access = AccessState()
         self._open()
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -352,6 +360,7 @@ class MemoryStore:
                 self._indexes[ns] = idx
             self.stats.last_snapshot_seq = int(manifest["seq"])
         self._recount()
+        self.access.load(db, self._indexes)
         notified = self.root / "NOTIFIED"
         if notified.exists():
             self.notified_seq = int(notified.read_text() or 0)
@@ -415,6 +424,12 @@ class MemoryStore:
             (self.root / "CURRENT").unlink(missing_ok=True)
             self.stats = _Stats()
             self._open()
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The live connection, for a read under the store lock (engram.miner.access)."""
+        with self._lock:
+            yield self.db
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -515,6 +530,7 @@ class MemoryStore:
         return ApplyResult(seq, "stored", cid, request_id, namespace)
 
     def _delete(self, seq: int, cid: str, namespace: str | None = None) -> ApplyResult:
+        """Drop ``cid`` from ``namespace`` (None: from every namespace)."""
         db = self.db
         q = "SELECT key, namespace FROM memories WHERE cid=? AND deleted=0"
         args: tuple[Any, ...] = (cid,)
@@ -531,7 +547,7 @@ class MemoryStore:
             db.execute("UPDATE memories SET deleted=1, seq=? WHERE key=?", (seq, key))
             db.execute("DELETE FROM meta_kv WHERE key=?", (key,))
         self.stats.deletes += len(rows)
-        return ApplyResult(seq, "deleted" if rows else "skipped", cid)
+        return ApplyResult(seq, "deleted" if rows else "skipped", cid, namespace=namespace or "")
 
     def _expected_cids(self, items: list[tuple[int, Any]]) -> dict[int, str | Exception]:
         """The CID each ``Embedded`` should carry, recomputed from its content (in batches
@@ -564,6 +580,15 @@ class MemoryStore:
                 raise StoreError(
                     f"CID mismatch: the event says {short(ev.cid)}, its content gives {expected}"
                 )
+            try:
+                self.access.check_write(ev.namespace, ev.caller)
+            except AccessDenied as exc:
+                raise StoreError(str(exc)) from None
+            if self.access.replays_deleted(self.db, ev):
+                # the old ingest again, after its memory was deleted: it stays deleted
+                self.stats.duplicates += 1
+                res = ApplyResult(seq, "duplicate", ev.cid, ev.request_id, ev.namespace)
+                return self._with_request(res, ev)
             res = self._put(
                 seq,
                 cid=ev.cid,
@@ -574,9 +599,25 @@ class MemoryStore:
                 request_id=ev.request_id,
                 text=ev.text,
             )
+            if res.kind == "stored" or res.kind == "duplicate":
+                self.access.wrote(self.db, seq, ev.namespace, ev.cid, ev.caller)
             return self._with_request(res, ev)
         if kind == "Deleted":
-            return self._delete(seq, ev.cid)
+            ns = getattr(ev, "namespace", "") or None
+            res = self._delete(seq, ev.cid, ns)
+            gone = [ns] if ns is not None and res.kind == "deleted" else []
+            if ns is None and res.kind == "deleted":
+                gone = [
+                    r[0]
+                    for r in self.db.execute(
+                        "SELECT namespace FROM memories WHERE cid=? AND seq=?", (ev.cid, seq)
+                    )
+                ]
+            self.access.deleted(self.db, seq, ev, gone)
+            return res
+        if kind in ("NamespaceCreated", "AccessGranted", "AccessRevoked"):
+            outcome = self.access.apply(self.db, seq, ev)
+            return ApplyResult(seq, "access", "", namespace=ev.namespace, error=outcome)
         if kind == "IngestRejected":
             reason = ev.reason[:MAX_REASON]
             res = ApplyResult(seq, "rejected", "", ev.request_id, ev.namespace, reason)
@@ -804,6 +845,8 @@ class MemoryStore:
         db.execute("INSERT INTO snap.state SELECT * FROM main.state")
         db.execute("INSERT INTO snap.meta_kv SELECT * FROM main.meta_kv")
         db.execute("INSERT INTO snap.requests SELECT * FROM main.requests")
+        for table in ACCESS_TABLES:
+            db.execute(f"INSERT INTO snap.{table} SELECT * FROM main.{table}")
         db.execute("COMMIT")
         db.execute("DETACH DATABASE snap")
         for ns, data in view.blobs.items():
@@ -891,6 +934,38 @@ class MemoryStore:
             q += " ORDER BY namespace != 'public', key LIMIT 1"
             row = self.db.execute(q, args).fetchone()
             return self._row_to_record(row) if row else None
+
+    def holders(self, cid: str) -> list[Record]:
+        """Every live record of ``cid`` (one per namespace holding it), public first."""
+        with self._lock:
+            rows = self.db.execute(
+                f"SELECT {self._COLS} FROM memories WHERE cid=? AND deleted=0"
+                " ORDER BY namespace != 'public', key",
+                (cid,),
+            ).fetchall()
+        return [self._row_to_record(r) for r in rows]
+
+    def page(
+        self,
+        namespace: str,
+        after: int,
+        limit: int,
+        filter: Mapping[str, Any] | None = None,
+    ) -> tuple[list[Record], int | None]:
+        """Live records of ``namespace`` with a key above ``after``, in key order (the
+        store's insertion order), at most ``limit``; and the key to continue after, or None
+        at the end. ``filter``: metadata equality, as in :meth:`search`."""
+        q = f"SELECT {self._COLS} FROM memories WHERE namespace=? AND deleted=0 AND key>?"
+        args: list[Any] = [namespace, after]
+        if filter:
+            sql, fargs = self._match_sql(namespace, dict(filter))
+            q += f" AND key IN ({sql})"
+            args += fargs
+        q += " ORDER BY key LIMIT ?"
+        with self._lock:
+            rows = self.db.execute(q, (*args, limit + 1)).fetchall()
+        recs = [self._row_to_record(r) for r in rows[:limit]]
+        return recs, (recs[-1].key if len(rows) > limit else None)
 
     def find_request(self, request_key: str) -> RequestStatus | None:
         """What became of an ingest request (by ``streams.events.request_key``); None while

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import bittensor_core
 import msgspec
 import pytest
 
@@ -28,8 +29,14 @@ def embedder(model_cache: Path) -> Embedder:
 
 @pytest.fixture
 def miner_settings(settings: Settings) -> Settings:
+    # these tests speak unsigned HTTP to a loopback miner: open mode, said explicitly (the
+    # default is signed on every bind); tests of signed access use ``signed_node``
     return msgspec.structs.replace(
-        settings, embed_batch=32, embed_batch_wait_s=0.02, snapshot_every_events=50
+        settings,
+        embed_batch=32,
+        embed_batch_wait_s=0.02,
+        snapshot_every_events=50,
+        axon_auth="open",
     )
 
 
@@ -56,3 +63,38 @@ async def http(node: MinerNode) -> AsyncIterator[aiohttp.ClientSession]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: slow but part of the default run (kill/restart)")
+
+
+#: the validator a ``signed_node`` trusts (its allowlist)
+VALIDATOR = bittensor_core.Keypair.from_uri("//AccessValidator")
+
+
+@pytest.fixture
+def signed_settings(miner_settings: Settings) -> Settings:
+    """``miner_settings`` in signed mode (the default of a real miner), with a validator."""
+    return msgspec.structs.replace(
+        miner_settings,
+        axon_auth="signed",
+        axon_validators=[VALIDATOR.ss58_address],
+        miner_hotkey_seed="//AccessMiner",
+    )
+
+
+async def start_node(settings: Settings, model_cache: Path) -> MinerNode:
+    """A started miner node on a free loopback port, its models from the session cache."""
+    cache = cache_dir(settings)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    if not cache.exists():
+        cache.symlink_to(model_cache, target_is_directory=True)
+    node = MinerNode(settings, port=0, ingest_wait_s=15.0)
+    await node.start()
+    return node
+
+
+@pytest.fixture
+async def signed_node(signed_settings: Settings, model_cache: Path) -> AsyncIterator[MinerNode]:
+    node = await start_node(signed_settings, model_cache)
+    try:
+        yield node
+    finally:
+        await node.stop()

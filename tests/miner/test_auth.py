@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import bittensor_core
+import msgspec
 import pytest
 from aiohttp import web
 from bittensor.http_auth import sign
@@ -319,6 +320,9 @@ def test_key_is_generated_once_0600_and_reloaded(tmp_path: Path) -> None:
 
 def test_build_auth_from_settings(tmp_path: Path) -> None:
     s = Settings(data_dir=str(tmp_path), axon_validators=[VALIDATOR.ss58_address])
+    # the default is signed on every bind, loopback included (issue 9)
+    assert build_auth(s, "127.0.0.1").mode == "signed"
+    s = msgspec.structs.replace(s, axon_auth="auto")
     local, exposed = build_auth(s, "127.0.0.1"), build_auth(s, "0.0.0.0")
     assert (local.mode, exposed.mode) == ("open", "signed")
     assert local.hotkey_ss58 == exposed.hotkey_ss58  # generated once, then kept
@@ -343,7 +347,9 @@ def test_auth_settings_validate_and_read_the_environment() -> None:
     s = load_settings(path=None, environ=env)
     assert s.axon_auth == "signed"
     assert s.axon_validators == [VALIDATOR.ss58_address, CLIENT.ss58_address]
-    assert load_settings(path=None, environ={}).axon_auth == "auto"
+    # signed on every bind unless the operator says otherwise (issue 9)
+    assert load_settings(path=None, environ={}).axon_auth == "signed"
+    assert load_settings(path=None, environ={"ENGRAM_AXON_AUTH": "auto"}).axon_auth == "auto"
     with pytest.raises(ConfigError, match="axon_auth"):
         load_settings(path=None, environ={"ENGRAM_AXON_AUTH": "sometimes"})
     with pytest.raises(ConfigError, match="axon_validators"):

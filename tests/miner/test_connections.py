@@ -43,6 +43,7 @@ def miner_settings(settings: Settings) -> Settings:
         axon_head_timeout_s=HEAD_S,
         axon_body_timeout_s=BODY_S,
         axon_keepalive_s=KEEPALIVE_S,
+        axon_auth="open",  # unsigned test traffic on loopback
     )
 
 
@@ -224,7 +225,7 @@ def test_a_miner_with_few_file_descriptors_survives_many_idle_sockets(
     cache.parent.mkdir(parents=True)
     cache.symlink_to(model_cache, target_is_directory=True)
     port = free_port()
-    env = dict(os.environ, ENGRAM_NODE_ID="fd", ENGRAM_LOG_FORMAT="json")
+    env = dict(os.environ, ENGRAM_NODE_ID="fd", ENGRAM_LOG_FORMAT="json", ENGRAM_AXON_AUTH="open")
     env.pop("ENGRAM_NATS_URL", None)
     log_path = tmp_path / "miner.log"
 

@@ -74,6 +74,7 @@ def _env(settings: Settings, nats: EmbeddedNats) -> dict[str, str]:
         ENGRAM_EMBED_BATCH_WAIT_S="0.02",
         ENGRAM_SNAPSHOT_EVERY_EVENTS="40",
         ENGRAM_LOG_LEVEL="warning",
+        ENGRAM_AXON_AUTH="open",  # unsigned test traffic on loopback
     )
 
 

@@ -40,9 +40,14 @@ LABEL = "v1"  # the seeds' model version string in CIDs
 
 @pytest.fixture
 def miner_settings(settings: Settings) -> Settings:
-    """The operator enabled v1 proofs for validators that follow the seeds."""
+    """The operator enabled v1 proofs for validators that follow the seeds, and open mode
+    (the seeds' clients do not sign)."""
     return msgspec.structs.replace(
-        settings, embed_batch=32, embed_batch_wait_s=0.02, axon_proof_versions=[1, 2]
+        settings,
+        embed_batch=32,
+        embed_batch_wait_s=0.02,
+        axon_proof_versions=[1, 2],
+        axon_auth="open",
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -77,7 +78,12 @@ def test_delete_then_readd_is_remove_plus_add(tmp_path, rng):
     store.apply_batch([(6, Deleted(cid=cid))])
     assert store.get(cid) is None and len(store) == 4
     assert all(h.cid != cid for h in store.search(vecs[2], 5))
-    store.apply_batch([(7, emb(2, vecs[2]))])
+    # the same ingest delivered again after the delete does not bring it back (issue 9)
+    (res,) = store.apply_batch([(7, emb(2, vecs[2]))])
+    assert res.kind == "duplicate" and store.get(cid) is None and len(store) == 4
+    # a new ingest of the same content (another request id) stores it again
+    again = msgspec.structs.replace(emb(2, vecs[2]), request_id="r2-again")
+    store.apply_batch([(8, again)])
     assert store.search(vecs[2], 1)[0].cid == cid and len(store) == 5
 
 

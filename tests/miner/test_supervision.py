@@ -39,6 +39,7 @@ async def embedded_node(tmp_path: Path, model_cache: Path) -> AsyncIterator[Mine
         embed_batch=32,
         embed_batch_wait_s=0.02,
         stop_grace_s=3.0,
+        axon_auth="open",  # unsigned test traffic on loopback
     )
     _link_cache(s, model_cache)
     node = MinerNode(s, port=0, ingest_wait_s=20.0)
@@ -161,7 +162,7 @@ def miner_process(
     data = tmp_path / "data"
     _link_cache(Settings(data_dir=str(data)), model_cache)
     port = free_port()
-    env = dict(os.environ, ENGRAM_NODE_ID="sup", ENGRAM_LOG_FORMAT="json")
+    env = dict(os.environ, ENGRAM_NODE_ID="sup", ENGRAM_LOG_FORMAT="json", ENGRAM_AXON_AUTH="open")
     env.pop("ENGRAM_NATS_URL", None)
     log = open(tmp_path / "miner.log", "wb")
     proc = subprocess.Popen(

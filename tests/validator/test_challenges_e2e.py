@@ -36,6 +36,9 @@ def miner_settings(settings: Settings) -> Settings:
         embed_batch_wait_s=0.02,
         snapshot_every_events=50,
         axon_proof_versions=[1, 2],
+        # signed (the default), trusting the test's validator (//Alice) to challenge
+        axon_auth="signed",
+        axon_validators=["5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"],
     )
 
 

@@ -27,7 +27,9 @@ from streams.projection import ProjectionRunner
 @pytest.fixture
 async def node_b(tmp_path: Path, model_cache: Path) -> AsyncIterator[MinerNode]:
     """A second miner: its own data and its own embedded NATS."""
-    s = Settings(data_dir=str(tmp_path / "miner-b"), node_id="miner-b", embed_batch=32)
+    s = Settings(
+        data_dir=str(tmp_path / "miner-b"), node_id="miner-b", embed_batch=32, axon_auth="open"
+    )
     cache = cache_dir(s)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.symlink_to(model_cache, target_is_directory=True)

@@ -49,6 +49,7 @@ async def miners(tmp_path: Path, model_cache: Path) -> AsyncIterator[list[MinerN
                 data_dir=str(tmp_path / f"miner-{i}"),
                 node_id=f"miner-{i}",
                 miner_hotkey_seed=f"//ReplicaMiner{i}",
+                axon_auth="open",  # role rules are not what this test is about
             )
             cache = cache_dir(s)
             cache.parent.mkdir(parents=True, exist_ok=True)
