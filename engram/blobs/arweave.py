@@ -258,7 +258,7 @@ class ArchiveHandler:
     store: BlobStore
     publisher: Publisher
     gateway: Gateway
-    wallet: Any
+    wallet_path: Path
     producer: str = ""
     local: bool = False  # arlocal: mine a block after each upload
     max_attempts: int = 5
@@ -266,6 +266,17 @@ class ArchiveHandler:
     confirm_poll_s: float = 2.0
     archived: int = 0
     failed: int = 0
+    _wallet: Any = field(default=None, init=False, repr=False)
+    _funded: bool = field(default=False, init=False)
+
+    async def wallet(self) -> Any:
+        """The wallet, loaded on first use (generated and minted on a local gateway)."""
+        if self._wallet is None:
+            self._wallet = await asyncio.to_thread(load_wallet, self.wallet_path, create=self.local)
+        if self.local and not self._funded:
+            await self.gateway.mint(self._wallet.address)
+            self._funded = True
+        return self._wallet
 
     async def __call__(self, deliveries: list[Delivery]) -> None:
         for d in deliveries:
@@ -369,9 +380,8 @@ class ArchiveHandler:
         if "sha256:" + hashlib.sha256(data).hexdigest() != cid:
             raise InputError(f"the Object Store holds other bytes under {cid}")
         tags = {"Content-Type": ev.media_type, "Content-Cid": cid, "App-Name": "Engram"}
-        signed = await asyncio.to_thread(
-            sign_transaction, self.wallet, self.gateway.url, data, tags
-        )
+        wallet = await self.wallet()
+        signed = await asyncio.to_thread(sign_transaction, wallet, self.gateway.url, data, tags)
         # recorded before it is posted: a restart finds it instead of uploading again
         await self.store.set_archive(
             cid,

@@ -278,6 +278,8 @@ class Axon:
     shared_nonces: SharedNonces | None = None
     # what /health reports beside the store: {"bus": "up" | "down: <cause>", ...}
     health_checks: Callable[[], dict[str, str]] | None = None
+    # more fields for GET /retrieve from a memory's metadata (engram.blobs: "blob")
+    retrieve_extra: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
 
     def __post_init__(self) -> None:
         self.proof_versions = frozenset(self.proof_versions)
@@ -670,8 +672,10 @@ class Axon:
         rec = await asyncio.to_thread(self.store.get, cid, namespace)
         if rec is None:
             raise NotFound(f"unknown CID {short(cid)}")
+        extra = await self.retrieve_extra(rec.metadata) if self.retrieve_extra else {}
         return web.json_response(
             {
+                **extra,
                 "cid": rec.cid,
                 "metadata": rec.metadata,
                 "namespace": rec.namespace,
