@@ -18,6 +18,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from engram.blobs.arlocal import ArLocal, ArLocalMissing
+from engram.blobs.arweave import load_wallet
 from engram.config import Settings
 from engram.miner.node import MinerNode, cache_dir
 from engram.natsd import EmbeddedNats
@@ -97,12 +98,23 @@ class VisionServer:
 
 
 @pytest.fixture(scope="session")
+def wallet_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One Arweave wallet for the session (an RSA-4096 key takes seconds to make)."""
+    path = tmp_path_factory.mktemp("arweave") / "wallet.json"
+    load_wallet(path, create=True)
+    return path
+
+
+@pytest.fixture(scope="session")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("model-cache")
 
 
-def blob_settings(root: Path, nats_url: str, gateway: str, **extra: Any) -> Settings:
+def blob_settings(
+    root: Path, nats_url: str, gateway: str, wallet: Path, **extra: Any
+) -> Settings:
     values: dict[str, Any] = dict(
+        arweave_wallet_file=str(wallet),
         data_dir=str(root / "data"),
         nats_url=nats_url,
         node_id="blob-test",
@@ -163,14 +175,17 @@ class Env:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def env(
-    tmp_path_factory: pytest.TempPathFactory, arlocal: ArLocal, model_cache: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    arlocal: ArLocal,
+    model_cache: Path,
+    wallet_file: Path,
 ) -> AsyncIterator[Env]:
     root = tmp_path_factory.mktemp("blobs")
     server = EmbeddedNats(data_dir=root / "nats", sync="always").start(reuse=False)
     vision = await VisionServer().start()
     node = None
     try:
-        s = blob_settings(root, server.url, arlocal.url, vision_base_url=vision.url)
+        s = blob_settings(root, server.url, arlocal.url, wallet_file, vision_base_url=vision.url)
         node = await start_node(s, model_cache)
         async with aiohttp.ClientSession(base_url=node.url) as http:
             yield Env(node, http, vision)
