@@ -3,8 +3,13 @@ described → found by a phrase from the description or a page."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import json
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -161,3 +166,48 @@ async def test_bytes_come_back_from_arweave_verified(env: Env) -> None:
         assert r.status == 502
         reason = (await r.json())["error"]
     assert "not served" in reason and cids[0] in reason
+
+
+async def engram_cli(env: Env, home: Path, *args: str) -> tuple[int, str, str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ENGRAM_")}
+    environ.update(ENGRAM_MINER_HOST=env.node.host, ENGRAM_MINER_PORT=str(env.node.port))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engram.cli", "--data-dir", str(home), "--log-level", "warning",
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=environ,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_ingests_a_folder_of_text_images_and_pdfs(env: Env, tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "note.txt").write_text("Sourdough needs a lively starter and a slow overnight rise.")
+    png = make_png(shape=(40, 160, 60), seed_text="cli")
+    (folder / "photo.dat").write_bytes(png)  # the name says nothing: the bytes do
+    pdf = make_pdf(["Orchard notes: prune the apple trees in late winter.", "Cider press day."])
+    (folder / "orchard.pdf").write_bytes(pdf)
+    home = tmp_path / "client"
+    code, out, err = await engram_cli(env, home, "ingest", str(folder))
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["stored"] == 1 + 1 + 2 and report["failed"] == 0
+    files = {Path(f["source"]).name: f for f in report["files"]}
+    assert files["photo.dat"]["media_type"] == "image/png"
+    assert files["orchard.pdf"]["content_cid"] == "sha256:" + hashlib.sha256(pdf).hexdigest()
+    assert len(files["orchard.pdf"]["engram_cids"]) == 2
+    page_cid = files["orchard.pdf"]["engram_cids"][0]
+    code, out, err = await engram_cli(env, home, "retrieve", page_cid)
+    assert code == 0, err
+    memory = json.loads(out)
+    assert memory["blob"]["content_cid"] == files["orchard.pdf"]["content_cid"]
+    assert memory["blob"]["page"] == 1 and "embedding" not in memory
+    target = tmp_path / "back.pdf"
+    code, out, err = await engram_cli(
+        env, home, "retrieve", files["orchard.pdf"]["content_cid"], "-o", str(target)
+    )
+    assert code == 0, err
+    assert target.read_bytes() == pdf
+    code, out, err = await engram_cli(env, home, "retrieve", "sha256:" + "1" * 64)
+    assert code == 1 and "no blob" in err
