@@ -34,9 +34,9 @@ class ArLocalMissing(EngramError):
 
 
 def _candidates() -> list[Path]:
+    if env := os.environ.get("ENGRAM_ARLOCAL_BIN"):  # named: that one only
+        return [Path(env)]
     out = []
-    if env := os.environ.get("ENGRAM_ARLOCAL_BIN"):
-        out.append(Path(env))
     out.append(REPO_ROOT / "ops" / "arlocal" / "node_modules" / ".bin" / "arlocal")
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     out.append(cache / "engram-ci" / "arlocal" / "node_modules" / ".bin" / "arlocal")

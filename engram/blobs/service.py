@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 
 from engram.config import Settings
+from streams.errors import EngramError
 from streams.events import BlobReceived, request_key
 from streams.publisher import Publisher
 from streams.worker import Worker
@@ -188,7 +189,7 @@ class BlobService:
         return {"blob": blob}
 
 
-class Mismatch(Exception):
+class Mismatch(EngramError):
     """Bytes read back are not the blob's (a 502: never served)."""
 
 
