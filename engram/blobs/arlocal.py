@@ -102,7 +102,9 @@ class ArLocal:
             except OSError:
                 time.sleep(0.2)
         self.stop()
-        raise ArLocalMissing(f"arlocal did not answer on {self.url} within {self.start_timeout_s} s")
+        raise ArLocalMissing(
+            f"arlocal did not answer on {self.url} within {self.start_timeout_s} s"
+        )
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -99,9 +99,7 @@ class Gateway:
 
     async def _session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s)
-            )
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         return self._http
 
     async def close(self) -> None:
@@ -164,7 +162,7 @@ class Gateway:
     async def find(self, content_cid: str) -> list[str]:
         """The ids of transactions tagged ``Content-Cid: content_cid`` (GraphQL)."""
         query = (
-            "query($cid: [String!]!) { transactions(tags: [{name: \"Content-Cid\", "
+            'query($cid: [String!]!) { transactions(tags: [{name: "Content-Cid", '
             "values: $cid}]) { edges { node { id } } } }"
         )
         status, body = await self._call(
@@ -220,9 +218,7 @@ class SignedTx:
     chunks: list[dict[str, Any]]
 
 
-def sign_transaction(
-    wallet: Any, gateway_url: str, data: bytes, tags: dict[str, str]
-) -> SignedTx:
+def sign_transaction(wallet: Any, gateway_url: str, data: bytes, tags: dict[str, str]) -> SignedTx:
     """A signed format-2 transaction for ``data`` (blocking: it asks the gateway for the
     anchor and the price). Large data: the transaction holds the data root; the chunks
     are returned to be posted after it."""

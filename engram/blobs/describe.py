@@ -102,7 +102,9 @@ _EXIF_NAMES = {271: "camera make", 272: "camera model", 306: "taken", 270: "capt
 
 
 def _colour_name(rgb: Sequence[int]) -> str:
-    return min(_COLOURS, key=lambda c: sum((a - b) ** 2 for a, b in zip(c[1], rgb, strict=False)))[0]
+    return min(_COLOURS, key=lambda c: sum((a - b) ** 2 for a, b in zip(c[1], rgb, strict=False)))[
+        0
+    ]
 
 
 def describe_image_offline(data: bytes, media_type: str) -> str:
@@ -131,10 +133,15 @@ def describe_image_offline(data: bytes, media_type: str) -> str:
     total = sum(n for n, _ in counts) or 1
     shares: dict[str, float] = {}
     for n, idx in counts:
-        rgb = palette[idx * 3 : idx * 3 + 3]
+        i = int(idx)  # type: ignore[call-overload]  # a palette index in "P" mode
+        rgb = palette[i * 3 : i * 3 + 3]
         name = _colour_name(rgb)
         shares[name] = shares.get(name, 0.0) + n / total
-    colours = [f"{name} ({share:.0%})" for name, share in sorted(shares.items(), key=lambda x: -x[1]) if share >= 0.05]
+    colours = [
+        f"{name} ({share:.0%})"
+        for name, share in sorted(shares.items(), key=lambda x: -x[1])
+        if share >= 0.05
+    ]
     orientation = "landscape" if width > height else "portrait" if height > width else "square"
     parts = [
         f"Image (offline description from the file itself; no vision model): a {fmt} "
@@ -212,7 +219,9 @@ class VisionDescriber:
         if status >= 500 or status == 429:
             raise Unavailable(f"vision endpoint answered {status}")
         if status >= 400:
-            raise VisionRefused(f"vision endpoint refused the image: {status} {short(payload, 200)}")
+            raise VisionRefused(
+                f"vision endpoint refused the image: {status} {short(payload, 200)}"
+            )
         try:
             import json
 
@@ -308,8 +317,14 @@ class DescribeHandler:
                 log.info("describe attempt failed; will retry", error=repr(exc))
                 d.retry(exc)
 
-    async def _parts(self, ev: BlobReceived, data: bytes, last_try: bool) -> tuple[str, str, list[Part]]:
-        base: dict[str, Any] = {**ev.metadata, "content_cid": ev.content_cid, "media_type": ev.media_type}
+    async def _parts(
+        self, ev: BlobReceived, data: bytes, last_try: bool
+    ) -> tuple[str, str, list[Part]]:
+        base: dict[str, Any] = {
+            **ev.metadata,
+            "content_cid": ev.content_cid,
+            "media_type": ev.media_type,
+        }
         if ev.media_type == "application/pdf":
             pages = await asyncio.to_thread(pdf_pages, data)
             parts: list[Part] = []
@@ -392,7 +407,9 @@ class DescribeHandler:
             ev.content_cid, Described(request_ids=rids, caller=ev.caller, describer=describer)
         )
         self.described += 1
-        log.info("blob described", content_cid=ev.content_cid, memories=len(parts), describer=describer)
+        log.info(
+            "blob described", content_cid=ev.content_cid, memories=len(parts), describer=describer
+        )
 
 
 def make_describe_worker(

@@ -79,7 +79,9 @@ class BlobService:
         """Keep ``data`` and announce it (``BlobReceived``) once; the same bytes again are
         the same blob (``duplicate``)."""
         media_type = sniff(data)  # UnsupportedBlob → 415
-        cid = await asyncio.to_thread(content_cid, data) if len(data) > 1 << 20 else content_cid(data)
+        cid = (
+            await asyncio.to_thread(content_cid, data) if len(data) > 1 << 20 else content_cid(data)
+        )
         if await self.store.meta(cid) is not None:
             return Stored(cid, media_type, len(data), True)
         await self.store.put(cid, data)
@@ -181,7 +183,9 @@ class BlobService:
         arch = await self.store.archive(cid)
         blob: dict[str, Any] = {
             "content_cid": cid,
-            "arweave_tx": arch.arweave_tx if arch is not None and arch.state == "archived" else None,
+            "arweave_tx": arch.arweave_tx
+            if arch is not None and arch.state == "archived"
+            else None,
             "media_type": metadata.get("media_type"),
         }
         if "page" in metadata:
@@ -225,6 +229,13 @@ class BlobRuntime:
                 await self.service.gateway.close()
 
 
+def wallet_path(settings: Settings) -> Path:
+    """``arweave_wallet_file``, else ``<data_dir>/keys/arweave_wallet.json``."""
+    if settings.arweave_wallet_file:
+        return Path(settings.arweave_wallet_file).expanduser()
+    return settings.data_path / "keys" / "arweave_wallet.json"
+
+
 async def start_blobs(
     settings: Settings,
     js: Any,
@@ -257,12 +268,11 @@ async def start_blobs(
         )
     ]
     if gateway is not None:
-        wallet = Path(s.arweave_wallet_file).expanduser() if s.arweave_wallet_file else None
         runtime.archive = ArchiveHandler(
             store,
             publisher,
             gateway,
-            wallet or s.data_path / "keys" / "arweave_wallet.json",
+            wallet_path(s),
             producer=s.producer,
             local=s.arweave_local,
             max_attempts=s.arweave_attempts,
@@ -281,4 +291,3 @@ async def start_blobs(
         gateway=s.arweave_gateway_url or "none (not archived)",
     )
     return runtime
-

@@ -139,9 +139,7 @@ class BlobStore:
         await self._write(f"{_hex(meta.content_cid)}.meta", meta)
 
     async def archive(self, content_cid: str) -> ArchiveState | None:
-        result: ArchiveState | None = await self._read(
-            f"{_hex(content_cid)}.arweave", ArchiveState
-        )
+        result: ArchiveState | None = await self._read(f"{_hex(content_cid)}.arweave", ArchiveState)
         return result
 
     async def set_archive(self, content_cid: str, state: ArchiveState) -> None:

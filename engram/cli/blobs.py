@@ -113,7 +113,12 @@ async def _retrieve(
             data = await r.read()
             source = r.headers.get("X-Blob-Source", "")
         await asyncio.to_thread(output.write_bytes, data)
-        return 200, {"content_cid": cid, "written": str(output), "size": len(data), "source": source}
+        return 200, {
+            "content_cid": cid,
+            "written": str(output),
+            "size": len(data),
+            "source": source,
+        }
 
 
 @click.command("retrieve")

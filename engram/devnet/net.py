@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from asyncio import FIRST_COMPLETED
 import shutil
 import signal
 import tempfile
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,9 +177,7 @@ class Devnet:
     ) -> Member:
         s = self._settings(name, None)  # its own embedded nats-server
         if self.arlocal is not None and name == "miner-0":  # --blobs: it archives on arlocal
-            s = msgspec.structs.replace(
-                s, arweave_gateway_url=self.arlocal.url, arweave_local=True
-            )
+            s = msgspec.structs.replace(s, arweave_gateway_url=self.arlocal.url, arweave_local=True)
         hotkey = (await asyncio.to_thread(miner_keypair, s)).ss58_address
         node = MinerNode(
             s, port=0, ingest_wait_s=15.0, query_embedder=models[0], embedder=models[1]

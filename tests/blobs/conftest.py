@@ -27,8 +27,7 @@ VISION_KEY = "test-vision-key"
 VISION_MODEL = "grok-2-vision-1212"
 #: what the local vision server says of any PNG it is shown
 VISION_TEXT = (
-    "A bright red circle in the middle of a plain white background, "
-    "like the flag of Japan."
+    "A bright red circle in the middle of a plain white background, like the flag of Japan."
 )
 
 
@@ -110,9 +109,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("model-cache")
 
 
-def blob_settings(
-    root: Path, nats_url: str, gateway: str, wallet: Path, **extra: Any
-) -> Settings:
+def blob_settings(root: Path, nats_url: str, gateway: str, wallet: Path, **extra: Any) -> Settings:
     values: dict[str, Any] = dict(
         arweave_wallet_file=str(wallet),
         data_dir=str(root / "data"),

@@ -35,7 +35,9 @@ PAGES = [
 
 
 def settled(st: dict[str, Any]) -> bool:
-    return st["archive"] != "pending" and st["described"] and len(st["engram_cids"]) == st["memories"]
+    return (
+        st["archive"] != "pending" and st["described"] and len(st["engram_cids"]) == st["memories"]
+    )
 
 
 async def fetch_from_gateway(env: Env, tx: str) -> bytes | None:
@@ -136,7 +138,9 @@ async def test_pdf_round_trip_pages_with_causation(env: Env) -> None:
     assert len(received) == 1 and len(described) == 1
     assert described[0].causation_id == received[0].event_id
     assert described[0].parts[1].startswith("Tides and moon.")
-    ingests = [e for e in seen if isinstance(e, IngestRequested) and e.metadata.get("content_cid") == cid]
+    ingests = [
+        e for e in seen if isinstance(e, IngestRequested) and e.metadata.get("content_cid") == cid
+    ]
     assert sorted(e.metadata["page"] for e in ingests) == [1, 2, 3]
     assert {e.causation_id for e in ingests} == {described[0].event_id}
 
@@ -160,7 +164,8 @@ async def test_bytes_come_back_from_arweave_verified(env: Env) -> None:
         assert await r.read() == a
     # the KV now names another blob's transaction: its bytes are refused
     await blobs.service.store.set_archive(
-        cids[0], ArchiveState(state="archived", arweave_tx=txs[1], gateway=blobs.service.gateway.url)  # type: ignore[union-attr]
+        cids[0],
+        ArchiveState(state="archived", arweave_tx=txs[1], gateway=blobs.service.gateway.url),  # type: ignore[union-attr]
     )
     async with env.http.get(f"/blob/{cids[0]}") as r:
         assert r.status == 502
