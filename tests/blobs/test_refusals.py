@@ -76,11 +76,11 @@ async def test_refusals_are_clear(env: Env) -> None:
 
 
 async def test_large_upload_passes_the_axon_limit_and_goes_in_chunks(env: Env) -> None:
-    """5 MiB: over the axon's 4 MiB JSON limit (not applied here) and over Arweave's
+    """Over 4 MiB: over the axon's 4 MiB JSON limit (not applied here) and over Arweave's
     inline size (posted as chunks); the gateway gives back the very bytes."""
     from PIL import Image
 
-    img = Image.frombytes("RGB", (1300, 1300), os.urandom(1300 * 1300 * 3))
+    img = Image.frombytes("RGB", (1200, 1200), os.urandom(1200 * 1200 * 3))
     out = io.BytesIO()
     img.save(out, format="PNG")
     data = out.getvalue()
