@@ -179,3 +179,49 @@ async def test_gateway_down_still_searchable_then_archive_failed(
             await node.stop()
         await vision.stop()
         server.stop()
+
+
+async def test_signed_upload_over_4_mib_is_read_whole_for_its_signature(
+    tmp_path: Path, model_cache: Path, wallet_file: Path
+) -> None:
+    """In signed mode the body is read before the handler (to check the signature): the
+    route's own limit applies there too, not the axon's 4 MiB."""
+    from PIL import Image
+
+    from engram.miner.auth import load_or_create_key
+    from engram.miner.client import AxonClient
+
+    server = EmbeddedNats(data_dir=tmp_path / "nats", sync="always").start(reuse=False)
+    node = None
+    try:
+        s = blob_settings(
+            tmp_path, server.url, "", wallet_file, arweave_gateway_url=None,
+            describer="offline", axon_auth="signed",
+        )  # fmt: skip
+        node = await start_node(s, model_cache)
+        key, _ = load_or_create_key(tmp_path / "client" / "hotkey")
+        img = Image.frombytes("RGB", (1200, 1200), os.urandom(1200 * 1200 * 3))
+        out = io.BytesIO()
+        img.save(out, format="PNG")
+        data = out.getvalue()
+        async with aiohttp.ClientSession(base_url=node.url) as http:
+            async with http.post("/blob", json={"data_b64": b64(data)}) as r:
+                assert r.status == 401  # unsigned: refused
+            axon = AxonClient(http, key)
+            status, body = await axon.post("/blob", {"data_b64": b64(data)})
+            assert status == 202, body
+            cid = body["content_cid"]
+            for _ in range(100):
+                code, st = await axon.get(f"/blob/{cid}/status")
+                if code == 200 and st["engram_cids"]:
+                    break
+                await asyncio.sleep(0.2)
+            assert st["described"] and st["describer"] == "offline-pillow"
+            assert st["archive"] == "pending" and st["arweave_tx"] is None  # no gateway
+            too_big = b"\x89PNG\r\n\x1a\n" + bytes(s.blob_max_bytes)
+            status, body = await axon.post("/blob", {"data_b64": b64(too_big)})
+            assert status == 413 and str(s.blob_max_bytes) in body["error"]
+    finally:
+        if node is not None:
+            await node.stop()
+        server.stop()
