@@ -15,6 +15,11 @@ test:
     cargo test -q --manifest-path engram-core/Cargo.toml --no-default-features
     pytest
 
+# arlocal, a local Arweave gateway (npm), for the blob tests and `engram devnet --blobs`;
+# cached under ~/.cache/engram-ci/arlocal (the first install builds sqlite3: ~4 min)
+arlocal-setup:
+    bash ops/arlocal/setup.sh
+
 # lints and types
 lint:
     ruff check engram streams tests

@@ -20,7 +20,9 @@ from streams.errors import InputError
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
-SECRET_FIELDS = frozenset({"nats_password", "nats_token", "nats_nkey_seed", "miner_hotkey_seed"})
+SECRET_FIELDS = frozenset(
+    {"nats_password", "nats_token", "nats_nkey_seed", "miner_hotkey_seed", "vision_api_key"}
+)
 # list settings given in the environment as comma-separated values
 _LIST_FIELDS = ("worker_backoff_s", "axon_validators", "axon_proof_versions")
 _SS58_CHARS = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
@@ -103,6 +105,19 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     axon_threads: int = 0  # threads for store/embedding work; 0 = min(32, cores + 4)
     stop_grace_s: float = 5.0  # how long stop waits for workers and requests to finish
 
+    # blobs (issue 10): images and PDFs; docs/architecture.md "Blobs"
+    blob_enabled: bool = True  # POST /blob and the describer on the miner
+    blob_max_bytes: int = 25 * 1024 * 1024  # larger uploads: 413
+    arweave_gateway_url: str | None = None  # unset: blobs are kept and described, not archived
+    arweave_wallet_file: str | None = None  # JWK; else <data_dir>/keys/arweave_wallet.json
+    arweave_local: bool = False  # arlocal: generate + mint the wallet, mine after each upload
+    arweave_attempts: int = 5  # then BlobArchiveFailed (the memories are stored all the same)
+    arweave_confirm_timeout_s: float = 300.0  # wait for a mined block per attempt
+    describer: str = "auto"  # auto (vision if vision_api_key is set) | vision | offline
+    vision_base_url: str = "https://api.x.ai/v1"  # an OpenAI-compatible chat-completions API
+    vision_model: str = "grok-2-vision-1212"
+    vision_api_key: str | None = None
+
     def __post_init__(self) -> None:
         if self.nats_port < 0 or self.nats_port > 65535:
             raise ConfigError(f"nats_port: {self.nats_port} is not a TCP port (0..65535)")
@@ -145,6 +160,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError("axon_threads: must be 0 (automatic) to 256")
         if not 0 <= self.stop_grace_s <= 600:
             raise ConfigError("stop_grace_s: must be 0 to 600 seconds")
+        if not 1024 <= self.blob_max_bytes <= 1024**3 or self.arweave_attempts < 1:
+            raise ConfigError("blob_max_bytes: 1 KiB to 1 GiB; arweave_attempts: >= 1")
+        if self.describer not in ("auto", "vision", "offline"):
+            raise ConfigError("describer: must be auto, vision or offline")
         for hotkey in self.axon_validators:
             if not 46 <= len(hotkey) <= 48 or not set(hotkey) <= _SS58_CHARS:
                 raise ConfigError(f"axon_validators: {hotkey!r} is not an ss58 address")

@@ -27,6 +27,7 @@ __all__ = [
     "ALL_EVENTS",
     "AccessGranted",
     "AccessRevoked",
+    "BlobArchiveFailed",
     "BlobArchived",
     "BlobDescribed",
     "BlobReceived",
@@ -244,6 +245,10 @@ class AccessRevoked(Event, frozen=True, kw_only=True, tag="AccessRevoked"):
 
 
 class BlobReceived(Event, frozen=True, kw_only=True, tag="BlobReceived"):
+    """Bytes kept in the Object Store under ``object_name``; ``content_cid`` is
+    ``"sha256:" + hex`` of them, ``media_type`` sniffed from them (engram.blobs). One per
+    blob: the same bytes uploaded again publish nothing new."""
+
     SUBJECT: ClassVar[str] = "engram.blob.received"
 
     content_cid: str
@@ -251,6 +256,11 @@ class BlobReceived(Event, frozen=True, kw_only=True, tag="BlobReceived"):
     size: int
     media_type: str
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    namespace: str = "public"  # where its memories go
+    caller: str = ""  # whose request-id scope its memories' ingests use
+
+    def msg_id(self) -> str:
+        return f"received:{self.content_cid}"
 
 
 class BlobArchived(Event, frozen=True, kw_only=True, tag="BlobArchived"):
@@ -258,14 +268,41 @@ class BlobArchived(Event, frozen=True, kw_only=True, tag="BlobArchived"):
 
     content_cid: str
     arweave_tx: str
+    gateway: str = ""
+
+    def msg_id(self) -> str:
+        return f"archived:{self.content_cid}"
+
+
+class BlobArchiveFailed(Event, frozen=True, kw_only=True, tag="BlobArchiveFailed"):
+    """The archiver gave up on a blob after ``attempts`` tries; its bytes stay in the Object
+    Store and its memories are stored all the same (the upload is non-fatal)."""
+
+    SUBJECT: ClassVar[str] = "engram.blob.archive_failed"
+
+    content_cid: str
+    reason: str
+    attempts: int = 0
+
+    def msg_id(self) -> str:
+        return f"archive-failed:{self.content_cid}"
 
 
 class BlobDescribed(Event, frozen=True, kw_only=True, tag="BlobDescribed"):
+    """What a blob shows or says: an image's description, or a PDF's page texts
+    (``parts``, one per memory). Each memory's ``IngestRequested`` names this event as its
+    cause, so an audit walks from a memory back to its bytes."""
+
     SUBJECT: ClassVar[str] = "engram.blob.described"
 
     content_cid: str
     description: str
     describer: str = ""
+    media_type: str = ""
+    parts: list[str] = msgspec.field(default_factory=list)
+
+    def msg_id(self) -> str:
+        return f"described:{self.content_cid}"
 
 
 # --- validation -------------------------------------------------------------------------
@@ -531,6 +568,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     AccessRevoked,
     BlobReceived,
     BlobArchived,
+    BlobArchiveFailed,
     BlobDescribed,
     CadenceTicked,
     ChallengeIssued,
@@ -558,6 +596,7 @@ AnyEvent: TypeAlias = (
     | AccessRevoked
     | BlobReceived
     | BlobArchived
+    | BlobArchiveFailed
     | BlobDescribed
     | CadenceTicked
     | ChallengeIssued

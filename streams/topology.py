@@ -87,7 +87,9 @@ class ConsumerSpec:
 
 STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("INGEST", ("engram.ingest.>",), "IngestRequested: texts clients asked to remember"),
-    StreamSpec("BLOBS", ("engram.blob.>",), "BlobReceived, BlobArchived, BlobDescribed"),
+    StreamSpec(
+        "BLOBS", ("engram.blob.>",), "BlobReceived, BlobArchived, BlobArchiveFailed, BlobDescribed"
+    ),
     StreamSpec(
         "MEMORY",
         ("engram.memory.>",),

@@ -57,6 +57,11 @@ class _Stderr:
     help="One JSON object last on stdout (weights, audit_ok, replication).",
 )
 @click.option(
+    "--blobs",
+    is_flag=True,
+    help="Run arlocal and ingest a PNG and a 3-page PDF through a miner (needs arlocal).",
+)
+@click.option(
     "--data-dir",
     type=click.Path(file_okay=False),
     default=None,
@@ -74,11 +79,19 @@ def devnet(
     epochs: int | None,
     fast: bool,
     as_json: bool,
+    blobs: bool,
     data_dir: str | None,
     no_console: bool,
     console_port: int,
 ) -> None:
     """Run a devnet: NATS, the local chain, miners and a validator on loopback."""
+    if blobs:  # say so before anything starts
+        from engram.blobs.arlocal import ArLocalMissing, find_arlocal
+
+        try:
+            find_arlocal()
+        except ArLocalMissing as exc:
+            raise click.ClickException(f"--blobs: {exc}") from None
     from rich.console import Console
     from rich.live import Live
 
@@ -96,6 +109,7 @@ def devnet(
         adversaries=adversaries,
         epochs=epochs,
         fast=fast,
+        blobs=blobs,
         data_dir=Path(data_dir) if data_dir else None,
         console=not no_console,
         console_port=console_port,

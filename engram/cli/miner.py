@@ -19,6 +19,7 @@ import click
 from rich.console import Console
 
 from engram.cli import EngramGroup
+from engram.cli.blobs import BlobFile, blob_file, retrieve, send_blobs
 from engram.config import ConfigError, Settings, load_settings
 from engram.log import configure_logging
 from streams.errors import Unavailable
@@ -169,16 +170,22 @@ def _jsonl_items(f: Path, metadata: dict[str, Any], namespace: str) -> Iterator[
         yield Item(str(f), body, n)
 
 
-def _items(source: str, metadata: dict[str, Any], namespace: str) -> Iterator[Item | FileResult]:
+def _items(
+    source: str, metadata: dict[str, Any], namespace: str
+) -> Iterator[Item | FileResult | BlobFile]:
     """TEXT, a text file (one memory), a directory (each file), or JSONL (one per line:
-    a string or an object with text/metadata/namespace). A file that cannot be read as
-    text is yielded as a failed :class:`FileResult`."""
+    a string or an object with text/metadata/namespace); images and PDFs (by their bytes)
+    as :class:`~engram.cli.blobs.BlobFile`. A file that cannot be read as text is yielded
+    as a failed :class:`FileResult`."""
     path = Path(source)
     if not path.exists():
         yield Item("<text>", {"text": source, "metadata": metadata, "namespace": namespace})
         return
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
+        if (blob := blob_file(f)) is not None:
+            yield blob
+            continue
         if f.suffix in (".jsonl", ".ndjson"):
             yield from _jsonl_items(f, metadata, namespace)
             continue
@@ -255,7 +262,13 @@ async def _send(axon: Any, chunk: list[Item], wait: bool, results: dict[str, Fil
 
 
 async def _ingest(
-    url: str, items: list[Item], batch: int, wait: bool, key: Any, results: dict[str, FileResult]
+    url: str,
+    items: list[Item],
+    batch: int,
+    wait: bool,
+    key: Any,
+    results: dict[str, FileResult],
+    blobs: tuple[list[BlobFile], str, dict[str, Any], list[dict[str, Any]]] | None = None,
 ) -> None:
     import aiohttp
     from rich.progress import Progress
@@ -270,6 +283,12 @@ async def _ingest(
                 chunk = items[start : start + batch]
                 await _send(axon, chunk, wait, results)
                 bar.advance(task, len(chunk))
+            if blobs is not None and blobs[0]:  # images and PDFs: POST /blob each
+                files, namespace, metadata, out = blobs
+                task = bar.add_task("images and PDFs", total=len(files))
+                for f in files:
+                    out.extend(await send_blobs(axon, [f], namespace, metadata, wait))
+                    bar.advance(task)
 
 
 @click.command("ingest")
@@ -289,35 +308,45 @@ def ingest(
     batch: int,
     no_wait: bool,
 ) -> None:
-    """Remember TEXT, a FILE, every file of a DIR, or each line of a JSONL file.
+    """Remember TEXT, a FILE, every file of a DIR, or each line of a JSONL file; images
+    (PNG, JPEG, GIF, WebP) and PDFs become blobs: archived, described, one memory per
+    image or PDF page.
 
     Prints one JSON object: totals, and per file what was stored, accepted (will be stored)
-    or failed with the reason (the line for JSONL). Exits 1 if anything failed."""
+    or failed with the reason (the line for JSONL; content_cid, engram_cids and arweave_tx
+    for a blob). Exits 1 if anything failed."""
     metadata = _json_object(metadata_json, "--metadata")
     url = _miner_url(_settings(ctx), url)
     items: list[Item] = []
     results: dict[str, FileResult] = {}
+    blob_files: list[BlobFile] = []
+    blob_results: list[dict[str, Any]] = []
     for x in _items(source, metadata, namespace):
-        if isinstance(x, FileResult):
+        if isinstance(x, BlobFile):
+            blob_files.append(x)
+        elif isinstance(x, FileResult):
             results[x.source] = x
         else:
             results.setdefault(x.source, FileResult(x.source))
             items.append(x)
-    if not results:
+    if not results and not blob_files:
         raise click.ClickException(f"nothing to ingest in {source}")
     try:
         key = _caller_key(ctx)
-        asyncio.run(_ingest(url, items, max(1, min(batch, 1000)), not no_wait, key, results))
+        blobs = (blob_files, namespace, metadata, blob_results)
+        size = max(1, min(batch, 1000))
+        asyncio.run(_ingest(url, items, size, not no_wait, key, results, blobs))
     except OSError as exc:
         raise click.ClickException(f"cannot reach the miner at {url}: {exc}") from None
     files = list(results.values())
     out = {
-        "stored": sum(r.stored for r in files),
-        "accepted": sum(r.accepted for r in files),
-        "failed": sum(r.failed for r in files),
+        "stored": sum(r.stored for r in files) + sum(b["stored"] for b in blob_results),
+        "accepted": sum(r.accepted for r in files) + sum(b["accepted"] for b in blob_results),
+        "failed": sum(r.failed for r in files) + sum(b["failed"] for b in blob_results),
         "files": [
             {k: v for k, v in asdict(r).items() if v or k in ("source", "failed")} for r in files
-        ],
+        ]
+        + blob_results,
     }
     _echo_json(out)
     if out["failed"]:
@@ -426,7 +455,7 @@ def index_stats(ctx: click.Context, data_dir: str | None) -> None:
 
 
 def register(main: click.Group) -> None:
-    for cmd in (miner, ingest, query, index):
+    for cmd in (miner, ingest, query, index, retrieve):
         main.add_command(cmd)
 
 

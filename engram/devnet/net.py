@@ -26,18 +26,23 @@ import contextlib
 import shutil
 import signal
 import tempfile
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import structlog
 from nats.aio.msg import Msg
 
+from engram.blobs.arlocal import ArLocal
+from engram.blobs.arweave import load_wallet
 from engram.bus import Bus, open_bus
 from engram.chain.local import LocalChain
 from engram.config import Settings
 from engram.miner.auth import load_or_create_key, miner_keypair
+from engram.miner.client import client_keypair
 from engram.miner.embedder import Embedder, get_embedder
 from engram.miner.node import MinerNode
 from engram.natsd import EmbeddedNats
@@ -48,10 +53,11 @@ from streams.errors import InputError, Unavailable
 from streams.events import decode
 
 from .adversaries import AdversaryProxy, check_kind
+from .blobs import ingest_devnet_blobs
+from .view import DevnetView, MinerRow
 
 if TYPE_CHECKING:
     from engram.console import ConsoleServer
-from .view import DevnetView, MinerRow
 
 __all__ = ["Devnet", "DevnetConfig", "DevnetFailed"]
 
@@ -98,6 +104,7 @@ class DevnetConfig:
     netuid: int = 1
     console: bool = True  # serve the web console (engram.console) on console_port
     console_port: int = 0  # 0: a free port
+    blobs: bool = False  # arlocal + a PNG and a PDF ingested through miner-0 (engram.blobs)
 
     def __post_init__(self) -> None:
         if self.miners < 0 or self.miners + len(self.adversaries) < 1:
@@ -144,6 +151,8 @@ class Devnet:
     audit_ok: bool | None = None
     audit_problems: list[str] = field(default_factory=list)
     console: ConsoleServer | None = None
+    arlocal: ArLocal | None = None
+    blobs: list[dict[str, Any]] | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stop(self) -> None:
@@ -173,6 +182,8 @@ class Devnet:
         self, name: str, label: str, models: tuple[Embedder, Embedder]
     ) -> Member:
         s = self._settings(name, None)  # its own embedded nats-server
+        if self.arlocal is not None and name == "miner-0":  # --blobs: it archives on arlocal
+            s = msgspec.structs.replace(s, arweave_gateway_url=self.arlocal.url, arweave_local=True)
         hotkey = (await asyncio.to_thread(miner_keypair, s)).ss58_address
         node = MinerNode(
             s, port=0, ingest_wait_s=15.0, query_embedder=models[0], embedder=models[1]
@@ -188,10 +199,18 @@ class Devnet:
         assert root is not None
         # on the loop's thread: the parent-death signal follows the thread that spawns
         self.server = EmbeddedNats(data_dir=root / "nats", sync="always").start(reuse=False)
+        if cfg.blobs:  # on the loop's thread too (a thread-pool thread may exit)
+            self.arlocal = ArLocal().start()
         cache = root / "cache"
+        wallet = None
+        if cfg.blobs:  # an RSA-4096 key takes seconds: made while the models load
+            path = root / "miner-0" / "keys" / "arweave_wallet.json"
+            wallet = asyncio.create_task(asyncio.to_thread(load_wallet, path, create=True))
         query_model = await asyncio.to_thread(get_embedder, cache_dir=cache, batch_size=1)
         batch_model = await asyncio.to_thread(get_embedder, cache_dir=cache)
         models = (query_model, batch_model)
+        if wallet is not None:
+            await wallet
         self.batch_model = batch_model
         for i in range(cfg.miners):
             await self._start_miner(f"miner-{i}", "honest", models)
@@ -314,8 +333,11 @@ class Devnet:
             task = asyncio.create_task(self.validator.run(), name="validator")
             refresher = asyncio.create_task(self._refresh(), name="devnet-refresh")
             seeding = asyncio.create_task(self._seed_user_memories(), name="devnet-users")
+            blobs = asyncio.create_task(self._blobs(), name="devnet-blobs")
             await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
+            if not blobs.done() and not task.done():  # the blobs' report is part of the result
+                await asyncio.wait({blobs, task}, timeout=180, return_when=FIRST_COMPLETED)
             if task.done():  # the validator ended by itself: that is a failure
                 task.result()
                 raise DevnetFailed("the validator stopped by itself")
@@ -341,6 +363,14 @@ class Devnet:
                     loop.remove_signal_handler(sig)
             if temp and self.root is not None:
                 shutil.rmtree(self.root, ignore_errors=True)
+
+    async def _blobs(self) -> None:
+        if self.arlocal is None:
+            return
+        node = next(m.node for m in self.members if m.node is not None)
+        assert self.root is not None
+        key = await asyncio.to_thread(client_keypair, self._settings("user", None))
+        self.blobs = await ingest_devnet_blobs(node.url, self.arlocal.url, key)
 
     async def _seed_user_memories(self) -> None:
         """A user's memories, routed by the validator's client to 3 miners each (XOR
@@ -386,6 +416,8 @@ class Devnet:
                 await self.bus.close()
         if self.server is not None:
             self.server.stop()
+        if self.arlocal is not None:
+            await asyncio.to_thread(self.arlocal.stop)
 
     def result(self) -> dict[str, Any]:
         return {
@@ -396,4 +428,5 @@ class Devnet:
             "epochs": self.view.epochs,
             "events": self.view.events,
             "console_url": self.view.console_url,
+            **({"blobs": self.blobs or []} if self.config.blobs else {}),
         }

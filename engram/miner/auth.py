@@ -92,6 +92,7 @@ ENDPOINT_ACCESS: Mapping[str, Access] = MappingProxyType(
         "/metrics": Access.PUBLIC,
         "/IngestSynapse": Access.INGEST,
         "/IngestBatch": Access.INGEST,
+        "/blob": Access.INGEST,  # POST /blob (engram.blobs); GET /blob/... are CALLER
         "/ChallengeSynapse": Access.VALIDATOR,
     }
 )

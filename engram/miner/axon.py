@@ -297,6 +297,8 @@ class Axon:
     shared_nonces: SharedNonces | None = None
     # what /health reports beside the store: {"bus": "up" | "down: <cause>", ...}
     health_checks: Callable[[], dict[str, str]] | None = None
+    # more fields for GET /retrieve from a memory's metadata (engram.blobs: "blob")
+    retrieve_extra: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
 
     def __post_init__(self) -> None:
         self.proof_versions = frozenset(self.proof_versions)
@@ -719,8 +721,10 @@ class Axon:
         )
         if rec is None:  # unknown, or not the caller's to read: the same answer
             raise NotFound(f"unknown CID {short(cid)}")
+        extra = await self.retrieve_extra(rec.metadata) if self.retrieve_extra else {}
         return web.json_response(
             {
+                **extra,
                 "cid": rec.cid,
                 "metadata": rec.metadata,
                 "namespace": rec.namespace,

@@ -21,6 +21,8 @@ import structlog
 from aiohttp import web
 from prometheus_client import Gauge
 
+from engram.blobs.routes import add_blob_routes
+from engram.blobs.service import BlobRuntime, start_blobs
 from engram.bus import Bus, open_bus
 from engram.config import Settings
 from engram.natsd import set_parent_death_signal
@@ -131,6 +133,7 @@ class MinerNode:
     inflight: InFlight | None = None
     executor: BoundedExecutor | None = None
     trust: ChainTrust | None = None  # the chain-backed validator registry (chain != none)
+    blobs: BlobRuntime | None = None  # images and PDFs: store, describer, archiver
     _site_runner: web.AppRunner | None = None
     _listener: asyncio.AbstractServer | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -204,6 +207,8 @@ class MinerNode:
             replicas=replicas,
             available=bus_up,
         )
+        if s.blob_enabled:  # images and PDFs (engram.blobs)
+            self.blobs = await start_blobs(s, bus.js, bus.publisher, self.store)
         self.axon = Axon(
             self.store,
             self.runner,
@@ -215,6 +220,7 @@ class MinerNode:
             proof_versions=s.axon_proof_versions,
             shared_nonces=challenge_nonces,
             health_checks=lambda: {"bus": self.guard.status() if self.guard else "up"},
+            retrieve_extra=self.blobs.service.retrieve_extra if self.blobs else None,
         )
         self._metrics(self.axon)
         auth = await asyncio.to_thread(  # btauth/1 (engram.miner.auth)
@@ -229,8 +235,11 @@ class MinerNode:
         limits = self.limits()
         self.inflight = InFlight(limits.max_inflight)
         mw = limits_middleware(limits, self.inflight, self._bus_check)
+        app = make_app(self.axon, auth, mw)
+        if self.blobs is not None:
+            add_blob_routes(app, self.blobs.service)
         self._site_runner = web.AppRunner(
-            make_app(self.axon, auth, mw),
+            app,
             access_log=None,
             keepalive_timeout=limits.keepalive_s,
             shutdown_timeout=min(s.stop_grace_s, 5.0),
@@ -288,6 +297,8 @@ class MinerNode:
                 "inflight_refused": self.inflight.refused,
                 "threads_refused": self.executor.refused if self.executor else 0,
             }
+        if self.blobs is not None:
+            out["blobs"] = self.blobs.stats()
         if self.worker is not None and self.handler is not None:
             out["embed_worker"] = {
                 **self.worker.stats.as_dict(),
@@ -322,6 +333,8 @@ class MinerNode:
                 await asyncio.wait(pending, timeout=grace)
         if pool_stopped is not None:
             await pool_stopped
+        if self.blobs is not None:
+            await self.blobs.stop(grace)
         if self.store is not None:
             self.store.close()
         if self.trust is not None:
@@ -343,7 +356,7 @@ class MinerNode:
 
 
 #: the routes that publish to the bus
-INGEST_PATHS = frozenset({"/IngestSynapse", "/IngestBatch"})
+INGEST_PATHS = frozenset({"/IngestSynapse", "/IngestBatch", "/blob"})
 PARENT_PID_ENV = "ENGRAM_PARENT_PID"
 
 

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install arlocal (a local Arweave gateway, npm) for the blob tests and `engram devnet --blobs`.
+# npm builds sqlite3 from source (~4 min), so the result is kept outside the clone, in
+# ${XDG_CACHE_HOME:-~/.cache}/engram-ci/arlocal, keyed by the lock file's hash; a cache
+# that cannot be used falls back to a plain install here (ops/arlocal/node_modules).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/engram-ci/arlocal"
+want="$(sha256sum "$here/package.json" "$here/package-lock.json" | sha256sum | cut -c1-16)"
+if [ -x "$cache/node_modules/.bin/arlocal" ] && [ "$(cat "$cache/.stamp" 2>/dev/null)" = "$want" ]; then
+    echo "arlocal: cached in $cache"
+    exit 0
+fi
+command -v npm >/dev/null || { echo "arlocal-setup: npm is not installed (apt-get install nodejs npm)" >&2; exit 1; }
+if mkdir -p "$cache" 2>/dev/null && cp "$here/package.json" "$here/package-lock.json" "$cache/"; then
+    rm -f "$cache/.stamp"
+    if (cd "$cache" && npm ci --no-audit --no-fund --loglevel=error); then
+        echo "$want" > "$cache/.stamp"
+        echo "arlocal: installed in $cache"
+        exit 0
+    fi
+    echo "arlocal-setup: npm ci in $cache failed; installing in $here" >&2
+fi
+cd "$here" && npm install --no-audit --no-fund --loglevel=error
+echo "arlocal: installed in $here/node_modules"
