@@ -1,7 +1,6 @@
-"""Pending: ``ingest_image`` / ``ingest_pdf`` / ``blob`` / ``blob_status``, written to the
-blobs contract (``POST /blob`` multipart → 202 ``{content_cid, media_type, size,
-duplicate}``, ``GET /blob/{cid}``, ``GET /blob/{cid}/status``). Not collected until that
-work is merged: the lead renames this file to ``test_blobs.py`` then."""
+"""The SDK's blob calls (``ingest_image``, ``ingest_pdf``, ``blob``, ``blob_status``) against a
+real miner: ``POST /blob`` multipart → 202 ``{content_cid, media_type, size, duplicate}``,
+``GET /blob/{cid}``, ``GET /blob/{cid}/status``."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""Pending: the SDK's delete / list / namespace calls and the adapters' delete, written
-to the private-memory contract (``DELETE /memory/{cid}``, ``GET /memories``,
-``POST /namespaces``, grants). Not collected until that work is merged: the lead renames
-this file to ``test_private.py`` then.
+"""The SDK's delete / list / namespace calls and the adapters' delete against a real miner
+(``DELETE /memory/{cid}``, ``GET /memories``, ``POST /namespaces``, grants).
 
 Contract: ``DELETE /memory/{cid}`` → 200 ``{"cid", "deleted": true}``, 404 unknown or
 invisible, 403 not deletable; ``GET /memories?namespace&limit&cursor&filter`` →
