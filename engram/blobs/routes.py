@@ -30,6 +30,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from engram.miner.access import AccessState
+from engram.miner.auth import caller_of
 from engram.miner.axon import (
     Invalid,
     NotFound,
@@ -39,6 +41,7 @@ from engram.miner.axon import (
     UnsupportedMediaType,
     _parse_object,
     caller_scope,
+    check_write,
 )
 from engram.miner.limits import check_metadata, check_namespace
 
@@ -163,8 +166,13 @@ async def _read_json(request: web.Request, max_bytes: int) -> tuple[bytes, str |
     return data, filename, body.get("namespace"), body.get("metadata")
 
 
-def add_blob_routes(app: web.Application, service: BlobService) -> None:
-    """Mount the blob routes on the axon's ``app`` (before it is started)."""
+def add_blob_routes(
+    app: web.Application, service: BlobService, access: AccessState | None = None
+) -> None:
+    """Mount the blob routes on the axon's ``app`` (before it is started). With ``access``
+    (the store's namespaces), an upload needs write access to its namespace and a blob of a
+    private namespace is served only to its readers (others get the 404 of an unknown
+    blob)."""
     max_bytes = service.max_bytes
 
     @web.middleware
@@ -195,6 +203,8 @@ def add_blob_routes(app: web.Application, service: BlobService) -> None:
         if len(data) > max_bytes:
             raise _too_large(max_bytes)
         ns = _namespace(namespace)
+        if access is not None:
+            check_write(access, ns, caller_of(request))
         meta = _metadata(metadata, filename)
         try:
             stored = await service.accept(data, meta, ns, caller_scope(request))
@@ -217,8 +227,17 @@ def add_blob_routes(app: web.Application, service: BlobService) -> None:
             raise Invalid(reason)
         return cid
 
+    def _readable(request: web.Request, out: dict[str, Any]) -> bool:
+        """May the caller see this blob (its namespace is readable to it)?"""
+        namespace = str(out.get("namespace") or "public")
+        return access is None or access.can_read(namespace, caller_of(request))
+
     async def get_blob(request: web.Request) -> web.Response:
         cid = _cid(request)
+        if access is not None:
+            known = await service.status(cid)
+            if known is not None and not _readable(request, known):
+                raise NotFound(f"no blob {cid} here or on the gateway")
         try:
             found = await service.read(cid)
         except Mismatch as exc:
@@ -239,7 +258,7 @@ def add_blob_routes(app: web.Application, service: BlobService) -> None:
     async def status(request: web.Request) -> web.Response:
         cid = _cid(request)
         out = await service.status(cid)
-        if out is None:
+        if out is None or not _readable(request, out):
             raise NotFound(f"no blob {cid} here")
         return web.json_response({**out, "error": None})
 

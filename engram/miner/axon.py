@@ -52,7 +52,7 @@ from streams.events import (
 )
 from streams.publisher import Publisher
 
-from .access import NamespaceInfo, check_hotkey
+from .access import AccessState, NamespaceInfo, check_hotkey
 from .auth import AUTH_KEY, AxonAuth, caller_of, public_key_hex
 from .embedder import Embedder
 from .limits import (
@@ -218,6 +218,21 @@ def _status_of_type(kind: type[BaseException]) -> int:
 def status_of(exc: BaseException) -> int:
     """The HTTP status for ``exc``: its own for :class:`Refused`, else :data:`STATUS`."""
     return exc.status if isinstance(exc, Refused) else _status_of_type(type(exc))
+
+
+def check_write(access: AccessState, namespace: str, caller: str | None) -> None:
+    """May ``caller`` write ``namespace``? Else 404 when it may not even read it (a private
+    namespace is not revealed), 403 when it may read but not write. Every writing path
+    (ingests, blob uploads) asks this."""
+    info = access.info(namespace)
+    if info is None or info.can_write(caller):
+        return
+    if not info.can_read(caller):
+        raise NotFound(f"unknown namespace {short(namespace)}")
+    raise Forbidden(
+        f"{caller or 'an unsigned caller'} may not write namespace {short(namespace)}: "
+        "its owner grants write"
+    )
 
 
 def caller_scope(request: web.Request) -> str:
@@ -738,15 +753,7 @@ class Axon:
     # --- access: namespaces, grants, delete, list (engram.miner.access) ------------------
 
     def _check_write(self, namespace: str, caller: str | None) -> None:
-        info = self.store.access.info(namespace)
-        if info is None or info.can_write(caller):
-            return
-        if not info.can_read(caller):
-            raise NotFound(f"unknown namespace {short(namespace)}")
-        raise Forbidden(
-            f"{caller or 'an unsigned caller'} may not write namespace {short(namespace)}: "
-            "its owner grants write"
-        )
+        check_write(self.store.access, namespace, caller)
 
     @staticmethod
     def _signer(request: web.Request, what: str) -> str:

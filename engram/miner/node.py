@@ -237,7 +237,7 @@ class MinerNode:
         mw = limits_middleware(limits, self.inflight, self._bus_check)
         app = make_app(self.axon, auth, mw)
         if self.blobs is not None:
-            add_blob_routes(app, self.blobs.service)
+            add_blob_routes(app, self.blobs.service, self.store.access)
         self._site_runner = web.AppRunner(
             app,
             access_log=None,

@@ -115,6 +115,9 @@ def blob_settings(root: Path, nats_url: str, gateway: str, wallet: Path, **extra
         data_dir=str(root / "data"),
         nats_url=nats_url,
         node_id="blob-test",
+        # these tests upload unsigned over loopback (who may read a blob is tested signed in
+        # tests/miner/test_access.py)
+        axon_auth="open",
         embed_batch=16,
         embed_batch_wait_s=0.02,
         worker_backoff_s=[0.2, 0.3, 0.5],

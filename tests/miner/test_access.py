@@ -9,6 +9,7 @@ and a rebuild from sequence 1; the validator's v2 proofs work on private memorie
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import time
@@ -24,6 +25,7 @@ import numpy as np
 import pytest
 
 from engram import core
+from engram.blobs.samples import make_png
 from engram.bus import open_bus
 from engram.config import Settings
 from engram.miner.auth import public_key_hex
@@ -138,6 +140,39 @@ async def test_another_hotkey_gets_nothing_from_any_path(
     # and Alice's memory is untouched by all that
     status, got = await alice.call("GET", f"/retrieve/{cid}")
     assert status == 200 and got["text"] == NOTE
+
+
+async def test_blob_bytes_of_a_private_namespace_are_its_readers_only(
+    people: dict[str, Who],
+) -> None:
+    """An image uploaded into Alice's private namespace: Bob cannot fetch its bytes or its
+    status (the 404 of an unknown blob), nor upload into her namespace; a read grant
+    opens the bytes to him."""
+    alice, bob = people["alice"], people["bob"]
+    await _alice_private(alice)
+    png = make_png(seed_text="alice-private")
+    body = {"data_b64": base64.b64encode(png).decode(), "namespace": NS}
+    status, out = await alice.call("POST", "/blob", body)
+    assert status == 202, out
+    cid = out["content_cid"]
+    async with alice.axon.http.get(f"/blob/{cid}") as r:  # unsigned: signed mode says who?
+        assert r.status == 401
+    status, _ = await alice.call("GET", f"/blob/{cid}")
+    assert status == 200
+    status, _ = await alice.call("GET", f"/blob/{cid}/status")
+    assert status == 200
+    for path in (f"/blob/{cid}", f"/blob/{cid}/status"):
+        status, out = await bob.call("GET", path)
+        assert status == 404, (path, out)
+    other = {"data_b64": base64.b64encode(make_png(seed_text="bob")).decode(), "namespace": NS}
+    status, out = await bob.call("POST", "/blob", other)
+    assert status == 404 and out["error"].startswith("unknown namespace")
+    status, _ = await alice.call(
+        "POST", f"/namespaces/{NS}/grants", {"hotkey": BOB.ss58_address, "access": "read"}
+    )
+    assert status == 200
+    status, out = await bob.call("GET", f"/blob/{cid}/status")
+    assert status == 200 and out["namespace"] == NS
 
 
 async def test_a_grant_opens_what_it_says_and_a_revocation_closes_it_at_once(
