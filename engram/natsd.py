@@ -109,6 +109,10 @@ def set_parent_death_signal() -> None:  # pragma: no cover - runs in the child
         pass
 
 
+#: Starts on freshly picked ports before giving up on a port taken meanwhile.
+BIND_ATTEMPTS = 3
+
+
 @dataclass
 class EmbeddedNats:
     """One nats-server with JetStream on ``data_dir``.
@@ -182,12 +186,25 @@ class EmbeddedNats:
                 self.port, self.monitor_port = int(running["port"]), int(running["monitor_port"])
                 self.owned = False
                 return self
-        self.spawn()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready():
-                return self
-            time.sleep(0.05)
+        # ports we pick ourselves may be taken by another process between the pick and the
+        # server's bind: pick again then (a configured port is the operator's to fix)
+        auto_port, auto_monitor = self.port == 0, self.monitor_port == 0
+        for attempt in range(BIND_ATTEMPTS):
+            self.spawn()
+            deadline = time.monotonic() + timeout
+            try:
+                while time.monotonic() < deadline:
+                    if self.ready():
+                        return self
+                    time.sleep(0.05)
+            except NatsServerError as exc:
+                lost_race = "address already in use" in str(exc) and (auto_port or auto_monitor)
+                if not lost_race or attempt == BIND_ATTEMPTS - 1:
+                    raise
+                self.port = 0 if auto_port else self.port
+                self.monitor_port = 0 if auto_monitor else self.monitor_port
+                continue
+            break
         self.stop()
         raise NatsServerError(
             f"nats-server did not become ready in {timeout:.0f}s; see {self.log_file}"

@@ -88,3 +88,33 @@ async def test_token_auth_against_a_protected_server(tmp_path: Path) -> None:
         await bus.close()
     finally:
         server.stop()
+
+
+def test_a_picked_port_taken_before_the_server_binds_is_picked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process may bind the port we picked before nats-server does: the server is
+    started again on a fresh port instead of failing the caller."""
+    import socket
+
+    import engram.natsd as natsd
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    picks = iter([taken])
+    real = natsd.free_port
+
+    def racy(host: str = "127.0.0.1") -> int:
+        return next(picks, None) or real(host)
+
+    monkeypatch.setattr(natsd, "free_port", racy)
+    server = EmbeddedNats(data_dir=tmp_path / "n")
+    try:
+        server.start(reuse=False)
+        assert server.port != taken and server.ready()
+        assert "address already in use" in server.log_file.read_text()
+    finally:
+        server.stop()
+        holder.close()
