@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 
 import nats
+import pytest
 
 from engram.bus import open_bus
 from engram.config import Settings
