@@ -4,7 +4,8 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # install everything (engram-core built from source by maturin) into the active venv
 setup:
-    pip install -q ./engram-core -e '.[dev]'
+    ops/brain/install-llama.sh
+    pip install -q ./engram-core -e '.[dev,brain]'
 
 # the main job on the embedded defaults: a devnet (miners, a validator, the local chain)
 run:
