@@ -105,5 +105,11 @@ if importlib.util.find_spec("engram.cli.devnet") is not None:  # the devnet
     _devnet.register(main)
 
 
+if importlib.util.find_spec("engram.cli.brain") is not None:  # the brain (issue 11)
+    from . import brain as _brain
+
+    _brain.register(main)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
