@@ -63,31 +63,38 @@ JOBS = [
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 CARS = ["Volvo", "Subaru", "Peugeot", "Skoda", "Mazda", "Fiat"]
 
-DISTRACTORS = [
-    "My neighbour's dog barked all night again, I barely slept.",
-    "I watched a documentary about wild animals and their names.",
-    "We listened to some old music on the long drive home.",
-    "Work was really busy today, lots of meetings.",
-    "I might travel somewhere warm next year, not sure where.",
-    "I cooked pasta for dinner and it turned out fine.",
-    "My friend keeps talking about moving to another city.",
-    "The weather has been grey and rainy all week.",
-    "I read an article about food allergies in children.",
-    "My cousin just bought a new car, she loves it.",
-    "I have been trying to go running in the mornings.",
-    "There was a concert in the park but I missed it.",
-    "I need to renew my passport before any trip.",
-    "Our office moved to a new building last month.",
-    "I tried a new recipe with lots of spices.",
-    "My brother's kids want a pet but he says no.",
-    "I fixed the leaking tap in the kitchen myself.",
-    "The train was late again this morning.",
+#: chit-chat on the same topics as the facts, about other people (slots filled at random):
+#: near misses for dense search, and keyword overlap for BM25
+TOPICAL = [
+    "My coworker {name} has a {animal} named {pet}, it is adorable.",
+    "At the park I met someone walking a {animal} called {pet}.",
+    "My friend {name} keeps talking about moving to {city} one day.",
+    "{name} sent me photos from a trip to {city}, looked lovely.",
+    "{name} dragged me to a {band} concert, not really my thing.",
+    "There is a {band} documentary out, {name} recommended it.",
+    "{name} is allergic to {food}, so we cooked without it at the party.",
+    "I read an article about {food} allergies in children.",
+    "{name} just got hired at {company}, good for them.",
+    "I walked past the {company} building on my way home.",
+    "{name}'s flight to {city} was delayed on {day}.",
+    "Airports on {day} are always packed with people.",
+    "{name} is selling an old {car}, if anyone wants one.",
+    "I saw a vintage {car} parked outside the bakery.",
+    "My neighbour's {animal} got out again on {day}.",
+]
+GENERIC = [
+    "Work was really busy on {day}, lots of meetings.",
+    "I cooked pasta for dinner on {day} and it turned out fine.",
+    "The weather in town has been grey and rainy all week.",
+    "I have been trying to go running in the mornings before work.",
+    "I fixed the leaking tap in the kitchen myself on {day}.",
+    "The train was late again on {day} morning.",
     "I finally cleaned out the garage over the weekend.",
     "My phone battery dies so quickly these days.",
-    "I have a dentist appointment coming up soon.",
-    "We had friends over for a board game night.",
-    "I started learning a bit of Spanish online.",
-    "The supermarket was out of my favourite cereal.",
+    "We had {name} over for a board game night on {day}.",
+    "I started learning a bit of Spanish online with {name}.",
+    "The supermarket was out of my favourite cereal again.",
+    "I need to renew my passport sometime this year.",
 ]
 
 
@@ -151,25 +158,51 @@ def _facts(rng: random.Random) -> list[tuple[list[str], str, str]]:
     ]
 
 
+def _distractor(rng: random.Random) -> str:
+    template = rng.choice(TOPICAL if rng.random() < 0.5 else GENERIC)
+    return template.format(
+        name=rng.choice(NAMES),
+        animal=rng.choice(ANIMALS),
+        pet=rng.choice(PETS),
+        city=rng.choice(CITIES),
+        band=rng.choice(BANDS),
+        food=rng.choice(FOODS),
+        company=rng.choice(JOBS)[1],
+        day=rng.choice(DAYS),
+        car=rng.choice(CARS),
+    )
+
+
+def _turn(rng: random.Random, fact: str | None) -> str:
+    """A chat turn as people write them: a few sentences on several things, a fact (if
+    any) somewhere among them."""
+    parts = [_distractor(rng) for _ in range(rng.randint(2, 4))]
+    if fact is not None:
+        parts.insert(rng.randrange(len(parts) + 1), fact)
+    return " ".join(parts)
+
+
 def generate(
-    users: int = 6, sessions: int = 8, turns: int = 10, seed: int = 7
+    users: int = 10, sessions: int = 10, turns: int = 12, seed: int = 7
 ) -> tuple[list[Conversation], list[Question]]:
     rng = random.Random(seed)
     convs, questions = [], []
     for u in range(users):
         user = f"user{u}"
-        facts = _facts(rng)
-        # place each evidence turn in a session; updates come in later sessions
+        # place each fact in a session; updates come in later sessions
         slots: list[list[str]] = [[] for _ in range(sessions)]
-        for evidence, question, answer in facts:
-            first = rng.randrange(0, max(1, sessions - len(evidence)))
-            for i, turn in enumerate(evidence):
+        for facts, question, answer in _facts(rng):
+            first = rng.randrange(0, max(1, sessions - len(facts)))
+            evidence = []
+            for i, fact in enumerate(facts):
                 at = min(sessions - 1, first + i * rng.randint(1, 3))
+                turn = _turn(rng, fact)
                 slots[at].append(turn)
-            questions.append(Question(user, question, answer, list(evidence)))
+                evidence.append(turn)
+            questions.append(Question(user, question, answer, evidence))
         conv = Conversation(user)
         for s in range(sessions):
-            fill = [rng.choice(DISTRACTORS) for _ in range(max(0, turns - len(slots[s])))]
+            fill = [_turn(rng, None) for _ in range(max(0, turns - len(slots[s])))]
             session = fill + slots[s]
             rng.shuffle(session)
             conv.sessions.append(session)

@@ -161,7 +161,9 @@ class RecallIndex(Projection):
     """Hybrid recall over the brain's namespaces (see the module docstring)."""
 
     stream: ClassVar[str] = "MEMORY"
-    subjects: ClassVar[list[str] | None] = [Embedded.SUBJECT, Deleted.SUBJECT]
+    #: the whole stream (IngestRejected too, ignored): ``last_seq`` then reaches the
+    #: stream's end, which is how a caller waits for a write to become recallable
+    subjects: ClassVar[list[str] | None] = None
     threaded: ClassVar[bool] = True
 
     def __init__(self, path: str | Path, prefix: str = NAMESPACE_PREFIX) -> None:

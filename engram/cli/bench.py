@@ -131,9 +131,9 @@ if importlib.util.find_spec("engram.validator.bench") is not None:
 if importlib.util.find_spec("engram.bench.brain") is not None:  # the brain (issue 11)
 
     @bench_group.command("brain")
-    @click.option("--users", default=6, show_default=True)
-    @click.option("--sessions", default=8, show_default=True, help="Sessions per user.")
-    @click.option("--turns", default=10, show_default=True, help="Turns per session.")
+    @click.option("--users", default=10, show_default=True)
+    @click.option("--sessions", default=10, show_default=True, help="Sessions per user.")
+    @click.option("--turns", default=12, show_default=True, help="Turns per session.")
     @click.option("--max-tokens", default=24, show_default=True)
     @click.option("--json", "as_json", is_flag=True, help="Print only the JSON line on stdout.")
     @click.pass_context

@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from nacl.signing import SigningKey
+from nats.js import api
 from openai import AsyncOpenAI
 
 from engram.brain.engines import packaged_gguf
@@ -261,7 +262,7 @@ async def test_a_failing_agent_is_retried_then_dead_lettered_without_blocking_ch
     server: Server,
 ) -> None:
     js = server.brain.bus.js  # type: ignore[union-attr]
-    sub = await js.subscribe("engram.dlq.agent-always-fails", deliver_policy="new")
+    sub = await js.subscribe("engram.dlq.agent-always-fails", deliver_policy=api.DeliverPolicy.NEW)
     started = time.perf_counter()
     reply = await server.client.chat.completions.create(
         model="x", messages=[{"role": "user", "content": "Count to three."}], max_tokens=8
