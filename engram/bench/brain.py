@@ -293,6 +293,8 @@ async def _run(
         await brain.stop()
 
 
-def run(users: int = 6, sessions: int = 8, turns: int = 10, max_tokens: int = 24) -> dict[str, Any]:
+def run(
+    users: int = 10, sessions: int = 10, turns: int = 12, max_tokens: int = 24
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="engram-bench-brain-") as tmp:
         return asyncio.run(_run(users, sessions, turns, max_tokens, tmp))

@@ -140,13 +140,17 @@ class LlamaEngine(Engine):
         return len(self.llm.tokenize(text.encode(), add_bos=False)) + 4 * len(messages)
 
     def _run(self, messages: list[Message], max_tokens: int, temperature: float) -> Iterator[Any]:
-        return self.llm.create_chat_completion(  # type: ignore[no-any-return]
-            messages=messages,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_k=1 if temperature <= 0 else 40,
-            seed=0,
-            stream=True,
+        llm: Any = self.llm  # llama-cpp-python's message TypedDicts: plain dicts here
+        return iter(
+            llm.create_chat_completion(
+                messages=messages,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_k=1 if temperature <= 0 else 40,
+                repeat_penalty=1.1,
+                seed=0,
+                stream=True,
+            )
         )
 
     async def generate(

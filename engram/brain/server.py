@@ -48,6 +48,8 @@ log = structlog.get_logger("engram.brain.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC = ("/v1/models", "/openapi.json", "/v1/auth/nonce", "/v1/auth/verify", "/health")
 MAX_BODY = 1 << 20
+#: the signed-in wallet address of a request (None when sign-in is off)
+WALLET: web.RequestKey[str] = web.RequestKey("wallet", str)
 
 
 class NotFound(InputError):
@@ -120,21 +122,21 @@ class BrainAPI:
 
     @web.middleware
     async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        request["wallet"] = None
+        request[WALLET] = ""
         if self.brain.settings.brain_auth == "wallet" and request.path not in PUBLIC:
             header = request.headers.get("Authorization", "")
             if not header.startswith("Bearer "):
                 return _err(401, "sign in: POST /v1/auth/nonce, then /v1/auth/verify")
             try:
-                request["wallet"] = self.sessions.check(header[7:].strip())
+                request[WALLET] = self.sessions.check(header[7:].strip())
             except AuthError as exc:
                 return _err(401, str(exc))
         return await handler(request)
 
     def _user(self, request: web.Request, claimed: str) -> str:
         """The signed-in wallet when there is one (a claimed other user is refused)."""
-        wallet = request["wallet"]
-        if wallet is None:
+        wallet = request[WALLET]
+        if not wallet:
             return claimed or "anonymous"
         if claimed and claimed != wallet:
             raise AuthError("a session may only use its own wallet's memory")
@@ -347,8 +349,8 @@ class BrainAPI:
 
     async def train(self, request: web.Request) -> web.Response:
         s = self.brain.settings
-        wallet = request["wallet"]
-        if wallet is not None and s.brain_min_balance > 0:
+        wallet = request[WALLET]
+        if wallet and s.brain_min_balance > 0:
             have = await self.balances.balance(str(wallet))
             if have < s.brain_min_balance:
                 return _err(402, f"training needs a balance of {s.brain_min_balance}; {have}")
@@ -439,7 +441,7 @@ class BrainAPI:
         if ns is None:
             raise NotFound(f"no memory {cid!r}")
         claimed = request.query.get("user_id", "")
-        if request["wallet"] is not None or claimed:
+        if request[WALLET] or claimed:
             if ns != namespace_of(self._user(request, claimed)):
                 raise NotFound(f"no memory {cid!r}")  # another user's: not even its existence
         return ns
@@ -547,8 +549,8 @@ class BrainAPI:
     async def logs(self, request: web.Request) -> web.StreamResponse:
         kinds = {k for k in request.query.get("kind", "").split(",") if k}
         user = request.query.get("user", "")
-        if request["wallet"] is not None:
-            user = str(request["wallet"])
+        if request[WALLET]:
+            user = str(request[WALLET])
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
@@ -673,7 +675,6 @@ async def export_dataset(brain: Brain) -> dict[str, Any]:
 def make_app(brain: Brain, balances: BalanceChecker | None = None) -> web.Application:
     api = BrainAPI(brain, balances)
     app = web.Application(middlewares=[_errors, api.auth], client_max_size=MAX_BODY)
-    app["api"] = api
     r = app.router
     r.add_post("/v1/chat/completions", api.chat)
     r.add_get("/v1/models", api.models)

@@ -383,3 +383,20 @@ async def test_live_logs_stream_the_brain_events(server: Server) -> None:
                     event = json.loads(line[6:])
                     assert event["kind"] == "CompletionGenerated" and event["user"] == "frank"
                     break
+
+
+async def test_the_openai_engine_talks_to_a_compatible_server(server: Server) -> None:
+    from engram.brain.engines import OpenAIEngine
+
+    engine = OpenAIEngine(f"{server.url}/v1", name="upstream")
+    try:
+        chunks = [
+            c
+            async for c in engine.generate(
+                [{"role": "user", "content": "Say yes."}], max_tokens=4
+            )
+        ]
+    finally:
+        await engine.close()
+    assert "".join(c.text for c in chunks).strip()
+    assert chunks[-1].finish_reason in ("stop", "length") and chunks[-1].completion_tokens > 0
