@@ -10,6 +10,7 @@ import uuid
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from . import get_settings, run_async
 
@@ -127,6 +128,8 @@ def chat(
                         f"[dim]({len(prep.memories)} memories"
                         f"{', a learned answer' if prep.lesson else ''})[/]"
                     )
+                    for hit in prep.memories[:3]:
+                        _stderr.print(f"[dim]  · {escape(hit.text[:100])}[/]")
                 sys.stdout.write("brain> ")
                 parts = []
                 async for chunk in brain.generate(prep):

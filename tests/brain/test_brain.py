@@ -392,9 +392,7 @@ async def test_the_openai_engine_talks_to_a_compatible_server(server: Server) ->
     try:
         chunks = [
             c
-            async for c in engine.generate(
-                [{"role": "user", "content": "Say yes."}], max_tokens=4
-            )
+            async for c in engine.generate([{"role": "user", "content": "Say yes."}], max_tokens=4)
         ]
     finally:
         await engine.close()
