@@ -477,8 +477,8 @@ class RecallIndex(Projection):
                 {"memory_id": r[0], "event": r[3], "memory": r[4], "time": r[2], "detail": r[5]}
                 for r in self.db.execute(
                     "SELECT cid, namespace, time, event, text, detail, seq FROM history"
-                    " WHERE cid = ? OR detail LIKE ? ORDER BY seq, rowid",
-                    (cid, f"%{cid}%"),
+                    " WHERE cid = ? ORDER BY seq, rowid",
+                    (cid,),
                 )
             ]
 

@@ -398,3 +398,55 @@ async def test_the_openai_engine_talks_to_a_compatible_server(server: Server) ->
         await engine.close()
     assert "".join(c.text for c in chunks).strip()
     assert chunks[-1].finish_reason in ("stop", "length") and chunks[-1].completion_tokens > 0
+
+
+async def test_mem0_style_update_and_delete_from_the_events(server: Server) -> None:
+    status, added = await server.post(
+        "/v1/memories", {"user_id": "gina", "memory": "I prefer tea over coffee."}
+    )
+    assert status == 202 and added["results"][0]["status"] == "queued"
+    assert await server.brain.settle(timeout=60)
+    status, listed = await server.get("/v1/memories?user_id=gina")
+    (memory,) = listed["results"]
+    cid = memory["id"]
+
+    async with aiohttp.ClientSession() as s:
+        async with s.put(
+            f"{server.url}/v1/memories/{cid}", json={"memory": "I prefer coffee over tea now."}
+        ) as r:
+            assert r.status == 202
+        assert await server.brain.settle(timeout=60)
+        _, listed = await server.get("/v1/memories?user_id=gina")
+        assert [m["memory"] for m in listed["results"]] == ["I prefer coffee over tea now."]
+        new_cid = listed["results"][0]["id"]
+        async with s.delete(f"{server.url}/v1/memories/{new_cid}?user_id=hank") as r:
+            assert r.status == 404  # another user's memory does not exist for them
+        async with s.delete(f"{server.url}/v1/memories/{new_cid}?user_id=gina") as r:
+            assert r.status == 202
+    assert await server.brain.settle(timeout=60)
+    _, listed = await server.get("/v1/memories?user_id=gina")
+    assert listed["results"] == []
+    _, history = await server.get(f"/v1/memories/{cid}/history")
+    assert [h["event"] for h in history["results"]][:2] == ["ADD", "UPDATE"]
+    _, history = await server.get(f"/v1/memories/{new_cid}/history")
+    assert [h["event"] for h in history["results"]] == ["ADD", "DELETE"]
+
+
+async def test_hotkey_sign_in(server: Server) -> None:
+    import bittensor_core
+
+    key = bittensor_core.Keypair.from_uri("//Alice")
+    status, issued = await server.post(
+        "/v1/auth/nonce", {"address": key.ss58_address, "scheme": "btauth"}
+    )
+    assert status == 200
+    signature = key.sign(issued["message"].encode()).hex()
+    body = {
+        "address": key.ss58_address,
+        "scheme": "btauth",
+        "nonce": issued["nonce"],
+        "signature": signature,
+    }
+    status, session = await server.post("/v1/auth/verify", body)
+    assert status == 200 and session["user"] == key.ss58_address
+    assert (await server.post("/v1/auth/verify", body))[0] == 401
