@@ -12,6 +12,8 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from engram.config import load_settings
+
 from . import get_settings, run_async
 
 __all__ = ["brain_group", "register"]
@@ -50,6 +52,41 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        swaps: set[asyncio.Task[None]] = set()
+
+        async def reload() -> None:
+            """SIGHUP: re-read the settings; a changed model is swapped in (ModelSwapped)."""
+            from engram.brain.engines import build_engine
+
+            obj = ctx.ensure_object(dict)
+            try:
+                new = load_settings(obj.get("config"), data_dir=obj.get("data_dir"))
+                want = (new.brain_engine, new.brain_model_path, new.brain_model_name)
+                have = (s.brain_engine, s.brain_model_path, s.brain_model_name)
+                if want == have:
+                    _stderr.print("brain: SIGHUP, the model settings are unchanged")
+                    return
+                engine = await asyncio.to_thread(
+                    build_engine,
+                    new.brain_engine,
+                    path=new.brain_model_path,
+                    name=new.brain_model_name,
+                    openai_url=new.brain_openai_url,
+                    openai_key=new.brain_openai_key,
+                    context_tokens=new.brain_context_tokens,
+                )
+                await brain.swap(engine)
+                s.brain_engine, s.brain_model_path, s.brain_model_name = want
+                _stderr.print(f"brain: now serving {engine.name}")
+            except Exception as exc:  # the old model keeps serving
+                _stderr.print(f"brain: swap refused: {exc}")
+
+        def on_hup() -> None:
+            task = asyncio.create_task(reload())
+            swaps.add(task)
+            task.add_done_callback(swaps.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         try:
             await stop.wait()
         finally:
