@@ -61,6 +61,15 @@ _STOP = frozenset(
 Vector = npt.NDArray[np.float32]
 
 
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """A memory's sentences (at most 16; short texts are one sentence)."""
+    parts = [p.strip() for p in _SENTENCE.split(text) if p.strip()]
+    return parts[:16] if len(text) > 80 else [text]
+
+
 def normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
@@ -109,17 +118,38 @@ class _Space:
 
     rowids: list[int] = field(default_factory=list)
     matrix: Vector = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    #: the sentences of multi-sentence memories: their vectors and owners (memory row ids)
+    owners: list[int] = field(default_factory=list)
+    sentences: Vector = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
 
-    def add(self, rowid: int, vec: Vector) -> None:
+    def add(self, rowid: int, vec: Vector, sentences: Vector | None = None) -> None:
         row = vec.reshape(1, -1)
         self.matrix = row.copy() if not self.rowids else np.vstack([self.matrix, row])
         self.rowids.append(rowid)
+        if sentences is not None and len(sentences):
+            self.sentences = (
+                sentences.copy() if not self.owners else np.vstack([self.sentences, sentences])
+            )
+            self.owners.extend([rowid] * len(sentences))
 
     def remove(self, rowid: int) -> None:
         if rowid in self.rowids:
             i = self.rowids.index(rowid)
             del self.rowids[i]
             self.matrix = np.delete(self.matrix, i, axis=0)
+        if rowid in self.owners:
+            keep = [i for i, o in enumerate(self.owners) if o != rowid]
+            self.owners = [self.owners[i] for i in keep]
+            self.sentences = self.sentences[keep]
+
+    def scores(self, vec: Vector, sentence_aware: bool) -> npt.NDArray[np.float32]:
+        """Cosine per memory (rows in ``rowids`` order); sentence-aware: the best of the
+        whole memory and each of its sentences (a fact said in passing in a long turn)."""
+        sims = self.matrix @ vec
+        if sentence_aware and self.owners:
+            at = {rowid: i for i, rowid in enumerate(self.rowids)}
+            np.maximum.at(sims, [at[o] for o in self.owners], self.sentences @ vec)
+        return sims
 
 
 _SCHEMA = """
@@ -138,6 +168,7 @@ CREATE TABLE IF NOT EXISTS memories (
     links INTEGER NOT NULL DEFAULT 0,
     deleted INTEGER NOT NULL DEFAULT 0,
     seq INTEGER NOT NULL,
+    sentences BLOB NOT NULL DEFAULT x'',
     UNIQUE (namespace, cid)
 );
 CREATE INDEX IF NOT EXISTS memories_hash ON memories (namespace, kind, hash);
@@ -166,8 +197,13 @@ class RecallIndex(Projection):
     subjects: ClassVar[list[str] | None] = None
     threaded: ClassVar[bool] = True
 
-    def __init__(self, path: str | Path, prefix: str = NAMESPACE_PREFIX) -> None:
+    def __init__(
+        self, path: str | Path, prefix: str = NAMESPACE_PREFIX, embedder: Any = None
+    ) -> None:
         super().__init__()
+        #: embeds the sentences of multi-sentence memories (None: whole memories only)
+        self.embedder = embedder
+        self._pending: dict[str, Vector] = {}
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.prefix = prefix
@@ -184,10 +220,13 @@ class RecallIndex(Projection):
             row = self.db.execute("SELECT value FROM state WHERE key = 'last_seq'").fetchone()
             self.last_seq = int(row[0]) if row else 0
             self._spaces = {}
-            for rowid, ns, blob in self.db.execute(
-                "SELECT id, namespace, vector FROM memories WHERE deleted = 0 ORDER BY id"
+            for rowid, ns, blob, sent in self.db.execute(
+                "SELECT id, namespace, vector, sentences FROM memories WHERE deleted = 0"
+                " ORDER BY id"
             ):
-                self._space(ns).add(rowid, np.frombuffer(blob, dtype="<f4").astype(np.float32))
+                vec = np.frombuffer(blob, dtype="<f4").astype(np.float32)
+                sents = np.frombuffer(sent, dtype="<f4").astype(np.float32).reshape(-1, len(vec))
+                self._space(ns).add(rowid, vec, sents)
 
     def reset(self) -> None:
         with self._lock:
@@ -198,8 +237,10 @@ class RecallIndex(Projection):
             self.last_seq = 0
 
     def apply_batch(self, items: Sequence[Replayed]) -> BatchOutcome:
+        self._embed_sentences(items)
         with self._lock:
             out = super().apply_batch(items)
+            self._pending.clear()
             self.db.execute(
                 "INSERT OR REPLACE INTO state (key, value) VALUES ('last_seq', ?)",
                 (self.last_seq,),
@@ -217,6 +258,32 @@ class RecallIndex(Projection):
             ).fetchall():
                 self._retire(rowid, seq, event.time, "DELETE", event.reason)
         self.applied_events += 1
+
+    def _embed_sentences(self, items: Sequence[Replayed]) -> None:
+        """Embed the sentences of the batch's multi-sentence memories in one model call."""
+        if self.embedder is None:
+            return
+        todo: list[str] = []
+        for item in items:
+            ev = item.event
+            if isinstance(ev, Embedded) and ev.namespace.startswith(self.prefix) and ev.text:
+                parts = split_sentences(ev.text)
+                if len(parts) > 1:
+                    todo.extend(p for p in parts if p not in self._pending)
+        todo = list(dict.fromkeys(todo))
+        if todo:
+            for text, vec in zip(todo, self.embedder.embed(todo), strict=True):
+                self._pending[text] = np.asarray(vec, dtype=np.float32)
+
+    def _sentence_vectors(self, text: str, dim: int) -> Vector:
+        parts = split_sentences(text)
+        if len(parts) < 2 or self.embedder is None:
+            return np.zeros((0, dim), dtype=np.float32)
+        missing = [p for p in parts if p not in self._pending]
+        if missing:  # not pre-embedded (a single apply): embed now
+            for p, v in zip(missing, self.embedder.embed(missing), strict=True):
+                self._pending[p] = np.asarray(v, dtype=np.float32)
+        return np.vstack([self._pending[p] for p in parts]).astype(np.float32)
 
     def _space(self, namespace: str) -> _Space:
         space = self._spaces.get(namespace)
@@ -277,9 +344,10 @@ class RecallIndex(Projection):
                 self.db.execute("UPDATE memories SET links = links + 1 WHERE id = ?", (rowid,))
                 self._history(cid, ns, seq, ev.time, "LINK", text, f"{ev.cid} cosine {cos:.3f}")
             return
+        sents = self._sentence_vectors(text, len(vec))
         cur = self.db.execute(
             "INSERT INTO memories (cid, namespace, text, kind, role, session_id, time, hash,"
-            " metadata, vector, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " metadata, vector, seq, sentences) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ev.cid,
                 ns,
@@ -292,11 +360,12 @@ class RecallIndex(Projection):
                 json.dumps(meta, sort_keys=True),
                 vec.astype("<f4").tobytes(),
                 seq,
+                sents.astype("<f4").tobytes(),
             ),
         )
         rowid = int(cur.lastrowid or 0)
         self.db.execute("INSERT INTO fts (rowid, text) VALUES (?, ?)", (rowid, text))
-        self._space(ns).add(rowid, vec)
+        self._space(ns).add(rowid, vec, sents)
         self._history(ev.cid, ns, seq, ev.time, "ADD", text)
 
     def _earlier(self, ns: str, kind: str, h: str, vec: Vector) -> tuple[int, str, float] | None:
@@ -354,11 +423,13 @@ class RecallIndex(Projection):
             )
         return out
 
-    def _dense(self, ns: str, vec: Vector, n: int) -> tuple[list[int], dict[int, float]]:
+    def _dense(
+        self, ns: str, vec: Vector, n: int, sentence_aware: bool = True
+    ) -> tuple[list[int], dict[int, float]]:
         space = self._spaces.get(ns)
         if space is None or not space.rowids:
             return [], {}
-        sims = space.matrix @ vec
+        sims = space.scores(vec, sentence_aware)
         order = np.argsort(-sims, kind="stable")[:n]
         rows = [space.rowids[int(i)] for i in order]
         return rows, {space.rowids[int(i)]: float(sims[i]) for i in range(len(space.rowids))}
@@ -391,7 +462,9 @@ class RecallIndex(Projection):
         BM25 fused by reciprocal rank), "dense" or "bm25". Ties go to the same session,
         then to the newer memory; texts are de-duplicated."""
         with self._lock:
-            dense_rows, cos = self._dense(namespace, vec, CANDIDATES)
+            # "dense" is the plain baseline (one vector per memory); hybrid's dense side
+            # also matches each sentence of a long memory
+            dense_rows, cos = self._dense(namespace, vec, CANDIDATES, mode != "dense")
             lists: list[list[int]] = []
             if mode in ("hybrid", "dense"):
                 lists.append(dense_rows)

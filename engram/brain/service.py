@@ -114,6 +114,7 @@ class Brain:
         s = self.settings
         self.bus = await open_bus(s)
         self.embedder = await asyncio.to_thread(load_embedder, s, "query")
+        self.index.embedder = self.embedder  # sentence vectors of long memories
         engine = self._engine
         if engine is None:
             engine = await asyncio.to_thread(
