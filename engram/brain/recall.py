@@ -1,6 +1,8 @@
 """The brain's recall projection: MEMORY-stream ``Embedded`` events of ``brain.*``
 namespaces folded into sqlite (FTS5 for BM25, the vectors as blobs) plus one exact dense
-matrix per namespace, searched by both and fused by reciprocal rank.
+matrix per namespace, searched by both and fused by reciprocal rank. The dense side of the
+hybrid also matches each sentence of a multi-sentence memory (best of whole and parts);
+``mode="dense"`` is the plain one-vector-per-memory baseline.
 
 Deterministic de-duplication, in stream order: a text whose normalised hash is already in
 the namespace (same kind) is not added again, nor is one whose vector has cosine ≥
