@@ -31,3 +31,4 @@ bench:
     engram bench floats --count 5000000 --json
     engram bench ingest --docs 5000 --json
     engram bench validator --miners 64 --json
+    engram bench brain --json
