@@ -167,6 +167,14 @@ async def test_bad_requests_are_4xx_json(server: Server) -> None:
     assert status == 404 and body["error"]
     status, body = await server.get("/v1/memories/bafy-nothing?user_id=carol")
     assert status == 404
+    status, body = await server.post("/v1/memories", {"user_id": "carol"})
+    assert status == 400 and "memory" in body["error"]
+    status, body = await server.post("/v1/memories/search", {"user_id": "carol", "query": " "})
+    assert status == 400 and "query" in body["error"]
+    status, body = await server.post("/admin/model", {"path": "/nonexistent.gguf"})
+    assert status == 400 and "not a file" in body["error"]
+    status, body = await server.post("/v1/auth/verify", {"address": "x" * 40, "nonce": "n"})
+    assert status == 401 and "nonce" in body["error"]
     status, spec = await server.get("/openapi.json")
     assert status == 200 and "/v1/chat/completions" in spec["paths"]
 
@@ -450,3 +458,13 @@ async def test_hotkey_sign_in(server: Server) -> None:
     status, session = await server.post("/v1/auth/verify", body)
     assert status == 200 and session["user"] == key.ss58_address
     assert (await server.post("/v1/auth/verify", body))[0] == 401
+
+
+async def test_the_seed_paths(server: Server) -> None:
+    status, user = await server.post("/api/user/create", {"user": "ivy"})
+    assert status == 201 and user["namespace"] == "brain.ivy"
+    status, answer = await server.post(
+        "/api/llm/query", {"prompt": "Say hi.", "user": "ivy", "max_tokens": 4}
+    )
+    assert status == 200 and answer["answer"] and answer["completion_id"].startswith("chatcmpl-")
+    assert (await server.post("/api/llm/query", {"prompt": ""}))[0] == 400
