@@ -2,9 +2,12 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-# install everything (engram-core built from source by maturin) into the active venv
+# install everything into the active venv: engram-core built from source by maturin,
+# llama.cpp from its cached wheel (ops/brain), arlocal with npm (ops/arlocal)
 setup:
-    pip install -q ./engram-core -e '.[dev]'
+    ops/brain/install-llama.sh
+    pip install -q ./engram-core -e '.[dev,brain]'
+    bash ops/arlocal/setup.sh
 
 # the main job on the embedded defaults: a devnet (miners, a validator, the local chain)
 run:
@@ -35,3 +38,4 @@ bench:
     engram bench floats --count 5000000 --json
     engram bench ingest --docs 5000 --json
     engram bench validator --miners 64 --json
+    engram bench brain --json

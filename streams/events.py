@@ -25,6 +25,7 @@ from .errors import InputError
 
 __all__ = [
     "ALL_EVENTS",
+    "BRAIN_EVENTS",
     "AccessGranted",
     "AccessRevoked",
     "BlobArchiveFailed",
@@ -34,6 +35,9 @@ __all__ = [
     "CadenceTicked",
     "ChallengeAnswered",
     "ChallengeIssued",
+    "CompletionGenerated",
+    "CompletionScored",
+    "DatasetExported",
     "DeadLetterRetried",
     "DeadLettered",
     "Deleted",
@@ -41,9 +45,14 @@ __all__ = [
     "Embedded",
     "Event",
     "EventDecodeError",
+    "FeedbackGiven",
     "IngestRejected",
     "IngestRequested",
+    "MemoryRecalled",
+    "ModelSwapped",
     "NamespaceCreated",
+    "PromptReceived",
+    "PromptRewriteSuggested",
     "ProofVerified",
     "RecallSampled",
     "RepairRequested",
@@ -557,6 +566,148 @@ class DemoNoted(Event, frozen=True, kw_only=True, tag="DemoNoted"):
         return f"demo:{self.event_id}"
 
 
+# --- brain (engram/brain/): the prompt flow, agents' verdicts, learning, model swaps -----
+
+
+class PromptReceived(Event, frozen=True, kw_only=True, tag="PromptReceived"):
+    """A chat request reached the brain (the last user turn, and who asked)."""
+
+    SUBJECT: ClassVar[str] = "engram.brain.prompt"
+
+    completion_id: str
+    user: str
+    prompt: str
+    session_id: str = ""
+    agent_id: str = ""
+    model: str = ""
+
+    def msg_id(self) -> str:
+        return f"prompt:{self.completion_id}"
+
+
+class MemoryRecalled(Event, frozen=True, kw_only=True, tag="MemoryRecalled"):
+    """What recall found for a prompt and what was injected (CIDs with fused scores)."""
+
+    SUBJECT: ClassVar[str] = "engram.brain.recalled"
+
+    completion_id: str
+    user: str
+    cids: list[str] = msgspec.field(default_factory=list)
+    scores: list[float] = msgspec.field(default_factory=list)
+    injected: int = 0
+    lesson_cid: str = ""  # a correction recalled for this prompt, if any
+    recall_ms: float = 0.0
+
+    def msg_id(self) -> str:
+        return f"recalled:{self.completion_id}"
+
+
+class CompletionGenerated(Event, frozen=True, kw_only=True, tag="CompletionGenerated"):
+    """The answer, with what made it: the agents (memory writer, scorer, ...) consume it."""
+
+    SUBJECT: ClassVar[str] = "engram.brain.completion"
+
+    completion_id: str
+    user: str
+    prompt: str
+    answer: str
+    model: str = ""
+    session_id: str = ""
+    agent_id: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    memories_used: list[str] = msgspec.field(default_factory=list)
+    write_memory: bool = True
+    finish_reason: str = "stop"
+    lesson_cid: str = ""
+
+    def msg_id(self) -> str:
+        return f"completion:{self.completion_id}"
+
+
+class CompletionScored(Event, frozen=True, kw_only=True, tag="CompletionScored"):
+    """A scorer's verdict on a completion (0..1) with its reasons."""
+
+    SUBJECT: ClassVar[str] = "engram.brain.scored"
+
+    completion_id: str
+    score: float
+    scorer: str = "heuristic"
+    reasons: list[str] = msgspec.field(default_factory=list)
+
+    def msg_id(self) -> str:
+        return f"scored:{self.scorer}:{self.completion_id}"
+
+
+class PromptRewriteSuggested(Event, frozen=True, kw_only=True, tag="PromptRewriteSuggested"):
+    """The prompt fixer's suggestion for a prompt whose answer scored low."""
+
+    SUBJECT: ClassVar[str] = "engram.brain.rewrite"
+
+    completion_id: str
+    original: str
+    rewrite: str
+    reason: str = ""
+
+    def msg_id(self) -> str:
+        return f"rewrite:{self.completion_id}"
+
+
+class FeedbackGiven(Event, frozen=True, kw_only=True, tag="FeedbackGiven"):
+    """A user's verdict on a completion; a ``correction`` becomes a lesson."""
+
+    SUBJECT: ClassVar[str] = "engram.brain.feedback"
+
+    completion_id: str
+    user: str
+    prompt: str = ""
+    answer: str = ""
+    score: float | None = None
+    correction: str = ""
+
+
+class DatasetExported(Event, frozen=True, kw_only=True, tag="DatasetExported"):
+    """A training job wrote a chat-format dataset (JSONL) of scored and corrected
+    completions; ``sha256`` is its content hash, ``version`` counts exports."""
+
+    SUBJECT: ClassVar[str] = "engram.brain.dataset"
+
+    version: int
+    sha256: str
+    path: str
+    examples: int
+    corrected: int = 0
+    trainer: str = ""
+
+    def msg_id(self) -> str:
+        return f"dataset:{self.sha256}"
+
+
+class ModelSwapped(Event, frozen=True, kw_only=True, tag="ModelSwapped"):
+    """The brain's engine changed without a restart (requests in flight finish on the old)."""
+
+    SUBJECT: ClassVar[str] = "engram.brain.model"
+
+    model: str
+    previous: str = ""
+    engine: str = ""
+    path: str = ""
+
+
+BRAIN_EVENTS: tuple[type[Event], ...] = (
+    PromptReceived,
+    MemoryRecalled,
+    CompletionGenerated,
+    CompletionScored,
+    PromptRewriteSuggested,
+    FeedbackGiven,
+    DatasetExported,
+    ModelSwapped,
+)
+# --- end brain ---------------------------------------------------------------------------
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     IngestRequested,
     Embedded,
@@ -583,6 +734,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     DeadLettered,
     DeadLetterRetried,
     DemoNoted,
+    *BRAIN_EVENTS,
 )
 
 AnyEvent: TypeAlias = (
@@ -611,6 +763,14 @@ AnyEvent: TypeAlias = (
     | DeadLettered
     | DeadLetterRetried
     | DemoNoted
+    | PromptReceived
+    | MemoryRecalled
+    | CompletionGenerated
+    | CompletionScored
+    | PromptRewriteSuggested
+    | FeedbackGiven
+    | DatasetExported
+    | ModelSwapped
 )
 
 # kind -> {old schema_version -> function(dict) -> dict}; applied before typed decoding.

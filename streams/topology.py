@@ -105,6 +105,11 @@ STREAMS: tuple[StreamSpec, ...] = (
     ),
     StreamSpec("WEIGHTS", ("engram.weights.>",), "WeightsProposed, WeightsSet"),
     StreamSpec(
+        "BRAIN",
+        ("engram.brain.>",),
+        "the brain's prompt flow: prompts, recalls, completions, scores, feedback, swaps",
+    ),
+    StreamSpec(
         "DLQ", ("engram.dlq.>",), "DeadLettered: events a worker gave up on, with the cause"
     ),
 )

@@ -119,6 +119,10 @@ if importlib.util.find_spec("engram.cli.console") is not None:
     from . import console as _console
 
     _console.register(main)
+if importlib.util.find_spec("engram.cli.brain") is not None:  # the brain (issue 11)
+    from . import brain as _brain
+
+    _brain.register(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

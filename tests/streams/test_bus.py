@@ -72,7 +72,16 @@ async def test_ensure_creates_all_streams_and_is_idempotent(bus: Bus) -> None:
     again = await ensure(bus.js, STREAMS)
     assert set(again.values()) == {"ok"}
     names = {s.name for s in STREAMS}
-    assert names == {"INGEST", "BLOBS", "MEMORY", "NOTICES", "VALIDATION", "WEIGHTS", "DLQ"}
+    assert names == {
+        "INGEST",
+        "BLOBS",
+        "MEMORY",
+        "NOTICES",
+        "VALIDATION",
+        "WEIGHTS",
+        "BRAIN",
+        "DLQ",
+    }
     info = await bus.js.stream_info("MEMORY")
     assert info.config.duplicate_window == 120
 
