@@ -24,6 +24,7 @@ from .models import BlobReceipt, Hit, ItemResult, Memory, MemoryPage
 from .protocol import (
     DEFAULT_CHUNK,
     ClientCore,
+    CoreView,
     Exchange,
     Op,
     Parallel,
@@ -61,7 +62,7 @@ async def _exchange(http: aiohttp.ClientSession, ex: Exchange) -> Reply | Transp
         return TransportFailure("connect", f"{type(err).__name__}: {err}")
 
 
-class AsyncEngramClient:
+class AsyncEngramClient(CoreView):
     """The asynchronous client; arguments as :class:`~engram.sdk.client.EngramClient`."""
 
     def __init__(
@@ -134,29 +135,6 @@ class AsyncEngramClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    # --- properties ---------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        return self._core.url
-
-    @property
-    def urls(self) -> list[str]:
-        return list(self._core.urls)
-
-    @property
-    def timeout(self) -> float:
-        return self._core.timeout_s
-
-    @property
-    def namespace(self) -> str:
-        return self._core.namespace
-
-    @property
-    def hotkey(self) -> str | None:
-        kp = self._core.keypair
-        return str(kp.ss58_address) if kp is not None else None
 
     # --- discovery ----------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from .models import BlobReceipt, Hit, ItemResult, Memory, MemoryPage
 from .protocol import (
     DEFAULT_CHUNK,
     ClientCore,
+    CoreView,
     Exchange,
     Op,
     Parallel,
@@ -102,7 +103,7 @@ def _perform(step: Step) -> Any:
     raise TypeError(f"unknown step {step!r}")
 
 
-class EngramClient:
+class EngramClient(CoreView):
     """A client of one Engram miner (or several: ``base_url`` may be a list, tried in turn
     when one does not answer).
 
@@ -145,29 +146,8 @@ class EngramClient:
     # --- properties ---------------------------------------------------------------------
 
     @property
-    def base_url(self) -> str:
-        """The miner in use."""
+    def miner_url(self) -> str:  # predecessor name
         return self._core.url
-
-    miner_url = base_url  # predecessor name
-
-    @property
-    def urls(self) -> list[str]:
-        return list(self._core.urls)
-
-    @property
-    def timeout(self) -> float:
-        return self._core.timeout_s
-
-    @property
-    def namespace(self) -> str:
-        return self._core.namespace
-
-    @property
-    def hotkey(self) -> str | None:
-        """The ss58 address requests are signed with (None: unsigned)."""
-        kp = self._core.keypair
-        return str(kp.ss58_address) if kp is not None else None
 
     # --- discovery ----------------------------------------------------------------------
 

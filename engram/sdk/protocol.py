@@ -277,6 +277,34 @@ def jsonl_items(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, A
 # --- the core ----------------------------------------------------------------------------
 
 
+class CoreView:
+    """What both clients say about themselves, read from their one :class:`ClientCore`."""
+
+    _core: ClientCore
+
+    @property
+    def base_url(self) -> str:
+        return self._core.url
+
+    @property
+    def urls(self) -> list[str]:
+        return list(self._core.urls)
+
+    @property
+    def timeout(self) -> float:
+        return self._core.timeout_s
+
+    @property
+    def namespace(self) -> str:
+        return self._core.namespace
+
+    @property
+    def hotkey(self) -> str | None:
+        """The ss58 address requests are signed with (None: unsigned)."""
+        kp = self._core.keypair
+        return str(kp.ss58_address) if kp is not None else None
+
+
 @dataclass
 class ClientCore:
     """Configuration and state shared by the drivers, and every operation as an
