@@ -39,6 +39,7 @@ from streams.topology import ConsumerSpec
 from streams.worker import Delivery, Worker
 
 from .store import ArchiveState, BlobStore
+from .workers import DEFAULT_BACKOFF_S, blob_worker
 
 __all__ = [
     "ARCHIVE_CONSUMER",
@@ -414,20 +415,9 @@ def make_archive_worker(
     handler: ArchiveHandler,
     publisher: Publisher,
     *,
-    backoff_s: tuple[float, ...] = (0.5, 2.0, 8.0, 30.0),
+    backoff_s: tuple[float, ...] = DEFAULT_BACKOFF_S,
     replicas: int = 1,
 ) -> Worker:
-    return Worker(
-        js=js,
-        spec=ARCHIVE_CONSUMER,
-        handler=handler,
-        publisher=publisher,
-        batch=4,
-        fetch_wait_s=0.2,
-        concurrency=2,
-        # the handler gives up (BlobArchiveFailed) at max_attempts; the runner's own limit
-        # is one above, for a worker that dies on it every time
-        max_deliver=handler.max_attempts + 1,
-        backoff_s=backoff_s,
-        replicas=replicas,
+    return blob_worker(
+        js, ARCHIVE_CONSUMER, handler, publisher, backoff_s=backoff_s, replicas=replicas
     )

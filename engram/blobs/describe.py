@@ -35,6 +35,7 @@ from streams.worker import Delivery, Worker
 
 from .sniff import IMAGE_TYPES
 from .store import BlobStore, Described
+from .workers import DEFAULT_BACKOFF_S, blob_worker
 
 __all__ = [
     "DESCRIBE_CONSUMER",
@@ -417,18 +418,9 @@ def make_describe_worker(
     handler: DescribeHandler,
     publisher: Publisher,
     *,
-    backoff_s: tuple[float, ...] = (0.5, 2.0, 8.0, 30.0),
+    backoff_s: tuple[float, ...] = DEFAULT_BACKOFF_S,
     replicas: int = 1,
 ) -> Worker:
-    return Worker(
-        js=js,
-        spec=DESCRIBE_CONSUMER,
-        handler=handler,
-        publisher=publisher,
-        batch=4,
-        fetch_wait_s=0.2,
-        concurrency=2,
-        max_deliver=handler.max_attempts + 1,
-        backoff_s=backoff_s,
-        replicas=replicas,
+    return blob_worker(
+        js, DESCRIBE_CONSUMER, handler, publisher, backoff_s=backoff_s, replicas=replicas
     )
