@@ -13,6 +13,8 @@ evidence turns in the top 10, averaged over questions; ``answer_accuracy_with_me
 ``..._without_memory`` (the offline model's answer contains the expected value);
 ``memory_overhead`` (recall + injection time ÷ generation time, summed over questions);
 ``chat_p50_ms``/``chat_p99_ms`` (a whole memory-augmented chat, in process).
+``--recall-only`` skips generation (the two recall figures); ``--seed`` draws another set,
+on which recall's parameters are chosen (the bench's own set is :data:`SEED`).
 """
 
 from __future__ import annotations
