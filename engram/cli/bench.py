@@ -135,16 +135,34 @@ if importlib.util.find_spec("engram.bench.brain") is not None:  # the brain (iss
     @click.option("--sessions", default=10, show_default=True, help="Sessions per user.")
     @click.option("--turns", default=12, show_default=True, help="Turns per session.")
     @click.option("--max-tokens", default=24, show_default=True)
+    @click.option("--seed", default=7, show_default=True, help="The generated set's seed.")
+    @click.option("--recall-only", is_flag=True, help="Skip generation: the recall figures.")
     @click.option("--json", "as_json", is_flag=True, help="Print only the JSON line on stdout.")
     @click.pass_context
     def bench_brain(
-        ctx: click.Context, users: int, sessions: int, turns: int, max_tokens: int, as_json: bool
+        ctx: click.Context,
+        users: int,
+        sessions: int,
+        turns: int,
+        max_tokens: int,
+        seed: int,
+        recall_only: bool,
+        as_json: bool,
     ) -> None:
         """Hybrid vs dense recall and answers with/without memory on a generated chat set."""
         from engram.bench.brain import run
 
         get_settings(ctx)
-        print_json(run(users=users, sessions=sessions, turns=turns, max_tokens=max_tokens))
+        print_json(
+            run(
+                users=users,
+                sessions=sessions,
+                turns=turns,
+                max_tokens=max_tokens,
+                seed=seed,
+                recall_only=recall_only,
+            )
+        )
 
 
 def register(main: click.Group) -> None:

@@ -81,3 +81,26 @@ def test_dedup_links_hybrid_and_restart(tmp_path: Path, embedder: Embedder) -> N
     hits = again.search("brain.alice", "cat name", embedder.embed_one("cat name"), 5)
     assert hits[0].cid == "c1"
     again.close()
+
+
+def test_a_common_word_does_not_outvote_the_fact(tmp_path: Path, embedder: Embedder) -> None:
+    """A keyword match on one common word of the question ("work") votes in the fusion only
+    if it holds most of the question's content words, so it no longer pushes the turn that
+    answers it out of the top; a match holding them all still votes."""
+    index = RecallIndex(tmp_path / "recall.sqlite")
+    feed = Feed(index, embedder)
+    feed.memory("fact", "I started a new job as a nurse at Mercy Hospital.")
+    for i, day in enumerate(["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"]):
+        feed.memory(f"w{i}", f"Work was really busy on {day}, lots of meetings.")
+        feed.memory(f"r{i}", f"I went running before work on {day} morning.")
+    feed.memory("cafe", "The cafe near the office has a new espresso machine.")
+    q = "Which company do I work for?"
+    vec = embedder.embed_one(q)
+    assert index.search("brain.alice", q, vec, 3, mode="dense")[0].cid == "fact"
+    hybrid = [h.cid for h in index.search("brain.alice", q, vec, 3)]
+    assert hybrid[0] == "fact", hybrid
+    # every content word matched: BM25 still lifts the memory above the dense side's order
+    q = "espresso office"
+    vec = embedder.embed_one(q)
+    assert index.search("brain.alice", q, vec, 1)[0].cid == "cafe"
+    index.close()
