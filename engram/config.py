@@ -28,6 +28,7 @@ SECRET_FIELDS = frozenset(
         "miner_hotkey_seed",
         "vision_api_key",
         "brain_openai_key",
+        "brain_finetune_key",
     }
 )
 # list settings given in the environment as comma-separated values
@@ -143,6 +144,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     brain_balance: str = "local"  # local | solana (JSON-RPC getBalance)
     brain_solana_rpc: str = "https://api.mainnet-beta.solana.com"
     brain_min_balance: int = 0  # lamports a wallet needs for gated features (train)
+    # training (POST /api/llm/train): none (export the dataset only) | lora (local LoRA over
+    # the GGUF, the `lora` extra) | openai (an OpenAI-compatible fine-tuning API)
+    brain_trainer: str = "none"
+    brain_lora_rank: int = 8
+    brain_lora_steps: int = 60
+    brain_lora_lr: float = 2e-3
+    brain_finetune_url: str = ""  # openai trainer: base URL ending in /v1 ("" = brain_openai_url)
+    brain_finetune_key: str | None = None  # "" = brain_openai_key
+    brain_finetune_model: str = ""  # the base model id to fine-tune ("" = the current model)
 
     def __post_init__(self) -> None:
         if self.nats_port < 0 or self.nats_port > 65535:
@@ -195,6 +205,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "wallet",
         ):
             raise ConfigError("brain_engine: llama or openai; brain_auth: open or wallet")
+        if self.brain_trainer not in ("none", "lora", "openai"):
+            raise ConfigError("brain_trainer: none, lora or openai")
+        if self.brain_lora_rank < 1 or self.brain_lora_steps < 1 or self.brain_lora_lr <= 0:
+            raise ConfigError("brain_lora_rank and brain_lora_steps: >= 1; brain_lora_lr: > 0")
         if self.brain_balance not in ("local", "solana"):
             raise ConfigError("brain_balance: local or solana")
         if not 0 <= self.brain_port <= 65535 or self.brain_max_tokens < 1:

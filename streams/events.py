@@ -59,6 +59,9 @@ __all__ = [
     "Repaired",
     "ScoreUpdated",
     "Stored",
+    "TrainingFailed",
+    "TrainingFinished",
+    "TrainingRequested",
     "WeightsProposed",
     "WeightsSet",
     "decode",
@@ -693,6 +696,61 @@ class ModelSwapped(Event, frozen=True, kw_only=True, tag="ModelSwapped"):
     previous: str = ""
     engine: str = ""
     path: str = ""
+    adapter: str = ""  # a LoRA adapter (GGUF) applied over ``path``
+    job_id: str = ""  # the training job whose result this is
+
+
+class TrainingRequested(Event, frozen=True, kw_only=True, tag="TrainingRequested"):
+    """Train ``trainer`` on an exported dataset over the model current at request time.
+    The ``trainer`` agent consumes it; the job id derives from the dataset and the base."""
+
+    SUBJECT: ClassVar[str] = "engram.brain.train.requested"
+
+    job_id: str
+    trainer: str
+    dataset_path: str
+    dataset_sha256: str
+    dataset_version: int
+    base_model: str
+    base_engine: str = ""
+    base_path: str = ""
+
+    def msg_id(self) -> str:
+        return f"train:{self.job_id}"
+
+
+class TrainingFinished(Event, frozen=True, kw_only=True, tag="TrainingFinished"):
+    """A training job produced a model: a LoRA adapter (``adapter`` with its SHA-256) over
+    the base, or a fine-tuned model id served by an API (``model``)."""
+
+    SUBJECT: ClassVar[str] = "engram.brain.train.finished"
+
+    job_id: str
+    trainer: str
+    model: str
+    engine: str
+    base_path: str = ""
+    adapter: str = ""
+    adapter_sha256: str = ""
+    metrics: dict[str, float] = msgspec.field(default_factory=dict)
+
+    def msg_id(self) -> str:
+        return f"trained:{self.job_id}"
+
+
+class TrainingFailed(Event, frozen=True, kw_only=True, tag="TrainingFailed"):
+    """One attempt of a training job failed (the agent retries; the last attempt is also
+    dead-lettered)."""
+
+    SUBJECT: ClassVar[str] = "engram.brain.train.failed"
+
+    job_id: str
+    trainer: str
+    error: str
+    attempt: int = 1
+
+    def msg_id(self) -> str:
+        return f"train-failed:{self.job_id}:{self.attempt}"
 
 
 BRAIN_EVENTS: tuple[type[Event], ...] = (
@@ -704,6 +762,9 @@ BRAIN_EVENTS: tuple[type[Event], ...] = (
     FeedbackGiven,
     DatasetExported,
     ModelSwapped,
+    TrainingRequested,
+    TrainingFinished,
+    TrainingFailed,
 )
 # --- end brain ---------------------------------------------------------------------------
 
