@@ -81,7 +81,7 @@ async def test_the_jax_forward_pass_computes_what_llama_cpp_computes() -> None:
     assert proc.returncode == 0
     figures = json.loads(out.decode().strip().splitlines()[-1])
     assert figures["tokens"] >= 15
-    assert figures["min_logit_correlation"] > 0.998, figures
+    assert figures["min_logit_correlation"] > 0.995, figures
     assert figures["top1_agreement"] >= 0.75, figures
 
 
