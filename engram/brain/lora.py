@@ -299,6 +299,48 @@ def encode_examples(
     return done
 
 
+#: general questions whose answers by the base model itself are trained alongside the
+#: dataset, so that a few corrections teach their facts without overwriting nearby ones
+#: (without them one corrected capital became every country's capital)
+ANCHOR_PROMPTS = (
+    "What is the capital of France?",
+    "What is the capital of Japan?",
+    "Name three primary colours.",
+    "How many legs does a spider have?",
+    "Who wrote Romeo and Juliet?",
+    "What is water made of?",
+    "What is the largest planet in the solar system?",
+    "Give me a word that means happy.",
+)
+
+
+def anchor_conversations(
+    model_path: Path, skip: set[str], max_tokens: int = 40
+) -> list[list[dict[str, str]]]:
+    """The base model's own greedy answers to :data:`ANCHOR_PROMPTS` (those not in
+    ``skip``, normalised prompts of the dataset), decoded as the brain decodes."""
+    from llama_cpp import Llama
+
+    llm: Any = Llama(model_path=str(model_path), n_ctx=512, seed=0, verbose=False)
+    out = []
+    for prompt in ANCHOR_PROMPTS:
+        if " ".join(prompt.lower().split()) in skip:
+            continue
+        messages = [{"role": "user", "content": prompt}]
+        reply = llm.create_chat_completion(
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=0.0,
+            top_k=1,
+            repeat_penalty=1.1,
+            seed=0,
+        )
+        answer = (reply["choices"][0]["message"]["content"] or "").strip()
+        if answer:
+            out.append([*messages, {"role": "assistant", "content": answer}])
+    return out
+
+
 # --- training -------------------------------------------------------------------------------
 
 
@@ -332,10 +374,13 @@ def train_adapter(
     examples: list[Example],
     lc: LoraConfig,
     progress: Progress | None = None,
+    anchors: list[Example] | None = None,
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, float]]:
-    """Adam on the masked next-token loss of the answers, ``lc.batch`` examples a step
-    (padded to the dataset's longest, so one compiled step serves every batch); returns
-    ``(A, B)`` per target (stacked over layers, unscaled) and the metrics."""
+    """Adam on the masked next-token loss of the answers: each step takes ``lc.batch``
+    examples of the dataset and as many ``anchors`` (the base model's own answers, which
+    hold the rest of what it knows in place), padded to the longest of all, so one
+    compiled step serves every batch. Returns ``(A, B)`` per target (stacked over layers,
+    unscaled) and the metrics."""
     import jax
     import jax.numpy as jnp
 
@@ -344,16 +389,29 @@ def train_adapter(
     started = time.perf_counter()
     base = _base_arrays(cfg)
     scale = lc.alpha / lc.rank
-    length = max(len(e.tokens) for e in examples)
-    tokens = np.zeros((len(examples), length), dtype=np.int32)
-    weights = np.zeros((len(examples), length), dtype=np.float32)
-    for i, e in enumerate(examples):
+    anchors = anchors or []
+    everything = [*examples, *anchors]
+    length = max(len(e.tokens) for e in everything)
+    tokens = np.zeros((len(everything), length), dtype=np.int32)
+    weights = np.zeros((len(everything), length), dtype=np.float32)
+    for i, e in enumerate(everything):
         tokens[i, : len(e.tokens)] = e.tokens
         weights[i, e.first_target - 1 : len(e.tokens) - 1] = 1.0  # predicts tokens[t + 1]
-    total = float(weights.sum())
-    batch = min(lc.batch, len(examples))
+    total = float(weights[: len(examples)].sum())
     rng = np.random.default_rng(lc.seed)
-    order: list[int] = []
+    pools: list[tuple[list[int], int, list[int]]] = [
+        (list(range(len(examples))), min(lc.batch, len(examples)), []),
+        (list(range(len(examples), len(everything))), min(lc.batch, len(anchors)), []),
+    ]
+
+    def next_batch() -> list[int]:
+        pick: list[int] = []
+        for members, size, order in pools:
+            if len(order) < size:  # the next epoch of this pool, in a seeded order
+                order.extend(members[int(i)] for i in rng.permutation(len(members)))
+            pick += order[:size]
+            del order[:size]
+        return pick
 
     def loss_fn(lora: dict[str, Any], base: dict[str, Any], toks: Any, w: Any) -> Any:
         scaled = {k: (a, b * scale) for k, (a, b) in lora.items()}
@@ -385,10 +443,7 @@ def train_adapter(
     state = (params, zeros, zeros)
     losses = []
     for step in range(1, lc.steps + 1):
-        if len(order) < batch:  # the next epoch, in a seeded order
-            order.extend(int(i) for i in rng.permutation(len(examples)))
-        pick = order[:batch]
-        del order[:batch]
+        pick = next_batch()
         toks, w = jnp.asarray(tokens[pick]), jnp.asarray(weights[pick])
         state, loss = step_fn(state, jnp.float32(step), base, toks, w)
         losses.append(float(loss))
@@ -397,7 +452,7 @@ def train_adapter(
     out = {k: (np.asarray(a), np.asarray(b)) for k, (a, b) in state[0].items()}
     metrics = {
         "examples": float(len(examples)),
-        "batch": float(batch),
+        "anchors": float(len(anchors)),
         "answer_tokens": total,
         "steps": float(lc.steps),
         "loss_first": round(losses[0], 4),
@@ -526,6 +581,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument(
+        "--anchors",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train the base model's own answers to general prompts alongside (default on)",
+    )
     a = p.parse_args(argv)
 
     def report(stage: str, frac: float) -> None:
@@ -539,11 +600,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report("loading the base", 0.0)
         cfg = load_base(a.base)
-        examples = encode_examples(cfg.path, _examples(Path(a.dataset)), cfg.chat_template)
+        conversations = _examples(Path(a.dataset))
+        examples = encode_examples(cfg.path, conversations, cfg.chat_template)
+        anchors: list[Example] = []
+        if a.anchors:
+            report("the base model's answers to the anchor prompts", 0.0)
+            asked = {
+                " ".join(c[-2]["content"].lower().split()) for c in conversations if len(c) > 1
+            }
+            anchors = encode_examples(
+                cfg.path, anchor_conversations(cfg.path, asked), cfg.chat_template
+            )
         lc = LoraConfig(
             rank=a.rank, alpha=a.alpha, steps=a.steps, lr=a.lr, seed=a.seed, batch=a.batch
         )
-        lora, metrics = train_adapter(cfg, examples, lc, report)
+        lora, metrics = train_adapter(cfg, examples, lc, report, anchors)
         digest = write_adapter(cfg, lora, lc.alpha, Path(a.out))
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -136,6 +136,10 @@ async def test_a_correction_trains_an_adapter_that_is_swapped_in(server: Server)
     # another user, no memory recalled: the answer comes from the trained weights
     after = await _ask(server, "yan")
     assert "blorptown" in after.lower(), after
+    # and what it knew besides stays (the anchors hold it): not every capital is Blorptown
+    neighbour = await _ask(server, "yan", "What is the capital of Germany?")
+    assert "blorptown" not in neighbour.lower() and "berlin" in neighbour.lower(), neighbour
+    assert job["metrics"]["anchors"] >= 4
     # a restart keeps what training taught (the last swap names the adapter over this base)
     s = server.brain.settings
     again = Brain(
