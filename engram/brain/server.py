@@ -598,10 +598,13 @@ def _usage(final: Chunk) -> dict[str, int]:
 async def export_dataset(brain: Brain) -> dict[str, Any]:
     """Scored and corrected completions → a versioned chat-format JSONL dataset, announced
     by a ``DatasetExported`` event with its SHA-256. A correction replaces the answer; an
-    uncorrected completion is kept when scored ≥ 0.7 (by the scorer or the user)."""
+    uncorrected completion is kept when scored ≥ 0.7 (by the user, else the LLM judge, else
+    the heuristic scorer)."""
     assert brain.bus is not None
     completions: dict[str, CompletionGenerated] = {}
-    scores: dict[str, float] = {}
+    scores: dict[str, float] = {}  # heuristic < judge < the user's own rating
+    judged: dict[str, float] = {}
+    rated: dict[str, float] = {}
     corrections: dict[str, str] = {}
     async for items in replay_batches(
         brain.bus.js,
@@ -618,12 +621,18 @@ async def export_dataset(brain: Brain) -> dict[str, Any]:
             if isinstance(ev, CompletionGenerated):
                 completions[ev.completion_id] = ev
             elif isinstance(ev, CompletionScored):
-                scores.setdefault(ev.completion_id, ev.score)
+                # the LLM judge's verdict, when there is one, outranks the heuristics
+                if ev.scorer.startswith("judge:"):
+                    judged[ev.completion_id] = ev.score
+                else:
+                    scores.setdefault(ev.completion_id, ev.score)
             elif isinstance(ev, FeedbackGiven):
                 if ev.score is not None:
-                    scores[ev.completion_id] = ev.score
+                    rated[ev.completion_id] = ev.score
                 if ev.correction:
                     corrections[ev.completion_id] = ev.correction
+    scores.update(judged)
+    scores.update(rated)
     lines, corrected = [], 0
     for cid, ev in completions.items():
         answer = corrections.get(cid)
