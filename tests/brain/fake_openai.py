@@ -141,8 +141,8 @@ class FakeOpenAI:
         body = await request.json()
         if body.get("training_file") not in self.files:
             return _error(400, f"training_file {body.get('training_file')!r} does not exist")
-        if not body.get("model"):
-            return _error(400, "model is required")
+        if not body.get("model") or str(body["model"]).startswith("unknown"):
+            return _error(400, f"model {body.get('model')!r} is not available for fine-tuning")
         self.created_jobs += 1
         jid = f"ftjob-{next(self._ids)}"
         self.jobs[jid] = {
