@@ -44,7 +44,7 @@ JUDGE_MARKER = "[engram-judge]"
 #: most characters of the judge's reason kept in the event
 REASON_CHARS = 300
 #: most characters of the prompt and of the answer shown to the judge
-SHOWN_CHARS = 3000
+SHOWN_CHARS = 2000
 
 SYSTEM = (
     "You are a strict grader. Grade how well the answer answers the question, from 0 "
