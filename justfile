@@ -6,7 +6,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 # llama.cpp from its cached wheel (ops/brain), arlocal with npm (ops/arlocal)
 setup:
     ops/brain/install-llama.sh
-    pip install -q ./engram-core -e '.[dev,brain]'
+    pip install -q ./engram-core -e '.[dev,brain,lora]'
     bash ops/arlocal/setup.sh
 
 # the main job on the embedded defaults: a devnet (miners, a validator, the local chain)

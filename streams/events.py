@@ -748,6 +748,7 @@ class TrainingFailed(Event, frozen=True, kw_only=True, tag="TrainingFailed"):
     trainer: str
     error: str
     attempt: int = 1
+    final: bool = False  # no retry follows (a job the backend can never do, or the last)
 
     def msg_id(self) -> str:
         return f"train-failed:{self.job_id}:{self.attempt}"
@@ -832,6 +833,9 @@ AnyEvent: TypeAlias = (
     | FeedbackGiven
     | DatasetExported
     | ModelSwapped
+    | TrainingRequested
+    | TrainingFinished
+    | TrainingFailed
 )
 
 # kind -> {old schema_version -> function(dict) -> dict}; applied before typed decoding.

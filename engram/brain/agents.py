@@ -115,7 +115,7 @@ def registered() -> list[AgentSpec]:
 def load_agents(folder: str | Path | None = None) -> list[AgentSpec]:
     """Import the built-ins, every ``engram.agents`` entry point and the ``*.py`` files of
     ``folder``; returns every registered agent."""
-    from . import builtin  # noqa: F401 - registers the built-in agents
+    from . import builtin, training  # noqa: F401 - registers the built-in agents
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:

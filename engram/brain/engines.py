@@ -107,6 +107,7 @@ class LlamaEngine(Engine):
         context_tokens: int = 2048,
         threads: int | None = None,
         seed: int = 0,
+        adapter: str | Path | None = None,
     ) -> None:
         try:
             from llama_cpp import Llama
@@ -117,11 +118,15 @@ class LlamaEngine(Engine):
         self.path = Path(path) if path else packaged_gguf()
         if not self.path.is_file():
             raise EngineError(f"model file {self.path} does not exist")
+        self.adapter = Path(adapter) if adapter else None
+        if self.adapter is not None and not self.adapter.is_file():
+            raise EngineError(f"adapter file {self.adapter} does not exist")
         self.name = name or self.path.stem
         started = time.perf_counter()
         try:
             self.llm = Llama(
                 model_path=str(self.path),
+                lora_path=str(self.adapter) if self.adapter else None,
                 n_ctx=context_tokens,
                 n_threads=threads,
                 seed=seed,
@@ -335,10 +340,14 @@ def build_engine(
     openai_url: str = "",
     openai_key: str | None = None,
     context_tokens: int = 2048,
+    adapter: str = "",
 ) -> Engine:
-    """An engine from settings-like values (``brain_engine``, ``brain_model_path``, ...)."""
+    """An engine from settings-like values (``brain_engine``, ``brain_model_path``, ...);
+    ``adapter`` is a LoRA (GGUF) llama.cpp applies over ``path``."""
     if kind == "llama":
-        return LlamaEngine(path or None, name=name, context_tokens=context_tokens)
+        return LlamaEngine(
+            path or None, name=name, context_tokens=context_tokens, adapter=adapter or None
+        )
     if kind == "openai":
         return OpenAIEngine(openai_url, name=name, api_key=openai_key)
     raise InputError(f"unknown engine {kind!r} (llama or openai)")

@@ -211,6 +211,30 @@ def logits(cfg: BaseModel, tokens: list[int]) -> np.ndarray:
     return np.asarray(fn(base, jnp.asarray(tokens, dtype=jnp.int32)))
 
 
+def check_base(path: str | Path, text: str = "") -> dict[str, float]:
+    """Compare this forward pass with llama.cpp's on ``path``: the lowest per-position
+    correlation of the logits and the share of positions with the same top token. A base
+    whose figures are low (another architecture's quirks) would train a useless adapter."""
+    from llama_cpp import Llama
+
+    cfg = load_base(path)
+    llm: Any = Llama(model_path=str(cfg.path), logits_all=True, n_ctx=256, verbose=False)
+    text = text or (
+        "<|im_start|>user\nName three colours and one animal.<|im_end|>\n"
+        "<|im_start|>assistant\nRed, green"
+    )
+    tokens = llm.tokenize(text.encode(), add_bos=False, special=True)[:200]
+    llm.eval(tokens)
+    ref = np.asarray(llm.scores[: len(tokens)])
+    mine = logits(cfg, tokens)
+    corr = [float(np.corrcoef(ref[i], mine[i])[0, 1]) for i in range(len(tokens))]
+    return {
+        "tokens": float(len(tokens)),
+        "min_logit_correlation": round(min(corr), 5),
+        "top1_agreement": round(float((ref.argmax(-1) == mine.argmax(-1)).mean()), 4),
+    }
+
+
 # --- data -----------------------------------------------------------------------------------
 
 
@@ -483,8 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m engram.brain.lora --base M.gguf --dataset D.jsonl --out A.gguf``."""
     p = argparse.ArgumentParser(prog="python -m engram.brain.lora", description=__doc__)
     p.add_argument("--base", required=True)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--check", action="store_true", help="compare with llama.cpp; JSON out")
+    p.add_argument("--dataset")
+    p.add_argument("--out")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=16.0)
     p.add_argument("--steps", type=int, default=60)
@@ -495,6 +520,11 @@ def main(argv: list[str] | None = None) -> int:
     def report(stage: str, frac: float) -> None:
         print(f"progress {frac:.3f} {stage}", file=sys.stderr, flush=True)
 
+    if a.check:
+        print(json.dumps(check_base(a.base)))
+        return 0
+    if not a.dataset or not a.out:
+        p.error("--dataset and --out are required to train")
     try:
         report("loading the base", 0.0)
         cfg = load_base(a.base)

@@ -71,7 +71,15 @@ def openapi() -> dict[str, Any]:
             "/v1/memories/{id}/history": {"get": _op("The memory's history, from the events")},
             "/admin/model": {"post": _op("Hot-swap the model (ModelSwapped)", "ModelSwap")},
             "/api/llm/query": {"post": _op("Seed alias: {prompt, user} → {answer}", "Query")},
-            "/api/llm/train": {"post": _op("Export the training dataset (DatasetExported)")},
+            "/api/llm/train": {
+                "post": _op(
+                    "Export the training dataset (DatasetExported) and, with a trainer "
+                    "configured, start a training job (202 with the job)"
+                )
+            },
+            "/api/llm/train/{job_id}": {
+                "get": _op("A training job: queued, running, retrying, trained, swapped_in")
+            },
             "/api/system/logs": {"get": _op("SSE of the brain's events (?kind=&user=)")},
             "/api/user/create": {
                 "post": _op("Create a user (its memory namespace)", "User", "201")
@@ -163,6 +171,7 @@ def openapi() -> dict[str, Any]:
                     "properties": {
                         "engine": {"enum": ["llama", "openai"]},
                         "path": {"type": "string"},
+                        "adapter": {"type": "string", "description": "a LoRA GGUF (llama)"},
                         "name": {"type": "string"},
                         "url": {"type": "string"},
                     },

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,6 +33,10 @@ from streams.events import (
     Event,
     FeedbackGiven,
     IngestRequested,
+    ModelSwapped,
+    TrainingFailed,
+    TrainingFinished,
+    TrainingRequested,
 )
 from streams.replay import replay_batches
 
@@ -354,7 +359,28 @@ class BrainAPI:
             have = await self.balances.balance(str(wallet))
             if have < s.brain_min_balance:
                 return _err(402, f"training needs a balance of {s.brain_min_balance}; {have}")
-        return web.json_response(await export_dataset(self.brain))
+        exported = await export_dataset(self.brain)
+        job = self.brain.training_request(exported)
+        body = {**_dataset_json(exported), "trainer": None, "job": None}
+        if job is None:
+            body["note"] = (
+                "no trainer backend is configured: the dataset is exported only"
+                if self.brain.trainer is None
+                else "the dataset has no example: nothing to train"
+            )
+            return web.json_response(body)
+        await self.brain.publish(job)
+        body.update(trainer=job.trainer, job=await training_status(self.brain, job.job_id))
+        return web.json_response(body, status=202)
+
+    async def train_status(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["job_id"]
+        if not re.fullmatch(r"train-[0-9a-f]{16}", job_id):
+            return _err(404, f"no training job {job_id[:80]!r}")
+        status = await training_status(self.brain, job_id)
+        if status is None:
+            return _err(404, f"no training job {job_id!r}")
+        return web.json_response(status)
 
     # --- mem0-style memories -----------------------------------------------------------
 
@@ -496,8 +522,10 @@ class BrainAPI:
         s = self.brain.settings
         kind = _str(data, "engine", s.brain_engine)
         path = _str(data, "path", limit=4096)
-        if path and not await asyncio.to_thread(Path(path).is_file):
-            raise InputError(f"path: {path!r} is not a file")
+        adapter = _str(data, "adapter", limit=4096)
+        for key, value in (("path", path), ("adapter", adapter)):
+            if value and not await asyncio.to_thread(Path(value).is_file):
+                raise InputError(f"{key}: {value!r} is not a file")
         engine = await asyncio.to_thread(
             build_engine,
             kind,
@@ -506,6 +534,7 @@ class BrainAPI:
             openai_url=_str(data, "url", s.brain_openai_url, 1024),
             openai_key=s.brain_openai_key,
             context_tokens=s.brain_context_tokens,
+            adapter=adapter,
         )
         event = await self.brain.swap(engine)
         return web.json_response(msgspec.to_builtins(event))
@@ -595,11 +624,82 @@ def _usage(final: Chunk) -> dict[str, int]:
     }
 
 
-async def export_dataset(brain: Brain) -> dict[str, Any]:
+def _dataset_json(event: DatasetExported) -> dict[str, Any]:
+    return {
+        "version": event.version,
+        "sha256": event.sha256,
+        "path": event.path,
+        "examples": event.examples,
+        "corrected": event.corrected,
+    }
+
+
+async def training_status(brain: Brain, job_id: str) -> dict[str, Any] | None:
+    """A job's state from its events (requested, failed attempts, finished, swapped in),
+    with the live stage and progress when this process runs it."""
+    assert brain.bus is not None
+    status: dict[str, Any] | None = None
+    async for items in replay_batches(
+        brain.bus.js,
+        "BRAIN",
+        subjects=[
+            TrainingRequested.SUBJECT,
+            TrainingFailed.SUBJECT,
+            TrainingFinished.SUBJECT,
+            ModelSwapped.SUBJECT,
+        ],
+        idle_s=0.3,
+    ):
+        for item in items:
+            ev = item.event
+            if getattr(ev, "job_id", None) != job_id:
+                continue
+            if isinstance(ev, TrainingRequested):
+                status = {
+                    "job_id": job_id,
+                    "status": "queued",
+                    "trainer": ev.trainer,
+                    "dataset": {"version": ev.dataset_version, "sha256": ev.dataset_sha256},
+                    "base_model": ev.base_model,
+                    "failures": [],
+                }
+            elif status is None:
+                continue
+            elif isinstance(ev, TrainingFailed):
+                status["failures"].append({"attempt": ev.attempt, "error": ev.error})
+                status["status"] = "failed" if ev.final else "retrying"
+            elif isinstance(ev, TrainingFinished):
+                status.update(
+                    status="trained",
+                    model=ev.model,
+                    engine=ev.engine,
+                    adapter=ev.adapter,
+                    adapter_sha256=ev.adapter_sha256,
+                    metrics=ev.metrics,
+                )
+            elif isinstance(ev, ModelSwapped):
+                status["status"] = "swapped_in"
+    live = brain.jobs.get(job_id)
+    if status is not None and live is not None and status["status"] in ("queued", "retrying"):
+        status.update(
+            status=live.get("status", status["status"]),
+            stage=live.get("stage", ""),
+            progress=live.get("progress", 0.0),
+            attempts=live.get("attempts", 0),
+        )
+    return status
+
+
+def _prompt_key(prompt: str) -> str:
+    return " ".join(prompt.lower().split())
+
+
+async def export_dataset(brain: Brain) -> DatasetExported:
     """Scored and corrected completions → a versioned chat-format JSONL dataset, announced
     by a ``DatasetExported`` event with its SHA-256. A correction replaces the answer; an
     uncorrected completion is kept when scored ≥ 0.7 (by the user, else the LLM judge, else
-    the heuristic scorer)."""
+    the heuristic scorer) and its prompt was never corrected (another answer to a corrected
+    prompt is a wrong one)."""
     assert brain.bus is not None
     completions: dict[str, CompletionGenerated] = {}
     scores: dict[str, float] = {}  # heuristic < judge < the user's own rating
@@ -633,12 +733,18 @@ async def export_dataset(brain: Brain) -> dict[str, Any]:
                     corrections[ev.completion_id] = ev.correction
     scores.update(judged)
     scores.update(rated)
+    # a corrected prompt's other answers are known to be wrong: they are left out
+    wrong = {_prompt_key(completions[cid].prompt) for cid in corrections if cid in completions}
     lines, corrected = [], 0
     for cid, ev in completions.items():
         answer = corrections.get(cid)
         if answer is not None:
             corrected += 1
-        elif scores.get(cid, 0.0) >= 0.7 and not ev.lesson_cid:
+        elif (
+            scores.get(cid, 0.0) >= 0.7
+            and not ev.lesson_cid
+            and _prompt_key(ev.prompt) not in wrong
+        ):
             answer = ev.answer
         else:
             continue
@@ -670,15 +776,7 @@ async def export_dataset(brain: Brain) -> dict[str, Any]:
         version=version, sha256=digest, path=str(path), examples=len(lines), corrected=corrected
     )
     await brain.publish(event)
-    return {
-        "version": version,
-        "sha256": digest,
-        "path": str(path),
-        "examples": len(lines),
-        "corrected": corrected,
-        "trainer": None,
-        "note": "no trainer backend is configured: the dataset is exported only",
-    }
+    return event
 
 
 def make_app(brain: Brain, balances: BalanceChecker | None = None) -> web.Application:
@@ -702,6 +800,7 @@ def make_app(brain: Brain, balances: BalanceChecker | None = None) -> web.Applic
     r.add_post("/admin/model", api.swap_model)
     r.add_post("/api/llm/query", api.query)
     r.add_post("/api/llm/train", api.train)
+    r.add_get("/api/llm/train/{job_id}", api.train_status)
     r.add_get("/api/system/logs", api.logs)
     r.add_post("/api/user/create", api.create_user)
     return app

@@ -30,10 +30,13 @@ from engram.config import Settings
 from streams.errors import InputError
 from streams.events import (
     CompletionGenerated,
+    DatasetExported,
     Event,
     MemoryRecalled,
     ModelSwapped,
     PromptReceived,
+    TrainingFinished,
+    TrainingRequested,
 )
 from streams.projection import ProjectionRunner
 from streams.worker import Worker
@@ -43,6 +46,7 @@ from .builtin import namespace_of
 from .engines import Chunk, Engine, EngineHolder, approx_tokens, build_engine
 from .judge import close_judge
 from .recall import Hit, RecallIndex
+from .training import Progress, Trainer, build_trainer, job_id_for
 
 __all__ = ["Brain", "ChatRequest", "Prepared"]
 
@@ -105,6 +109,9 @@ class Brain:
         self._background: set[asyncio.Task[Any]] = set()
         self.recent: OrderedDict[str, CompletionGenerated] = OrderedDict()
         self.listeners: set[asyncio.Queue[Event]] = set()
+        self.trainer: Trainer | None = build_trainer(settings)
+        #: training jobs run by this process: job id → status, stage, progress, attempts
+        self.jobs: dict[str, dict[str, Any]] = {}
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -358,17 +365,78 @@ class Brain:
 
     # --- model swaps --------------------------------------------------------------------
 
-    async def swap(self, engine: Engine) -> ModelSwapped:
+    async def swap(self, engine: Engine, *, job_id: str = "") -> ModelSwapped:
         assert self.holder is not None
         old = await self.holder.swap(engine)
+        adapter = getattr(engine, "adapter", None)
         event = ModelSwapped(
             model=engine.name,
             previous=old.name,
             engine=engine.kind,
             path=str(getattr(engine, "path", "")),
+            adapter=str(adapter or ""),
+            job_id=job_id,
         )
         await self.publish(event)
         log.info("model swapped", model=engine.name, previous=old.name)
+        return event
+
+    # --- training (engram/brain/training.py) -------------------------------------------
+
+    def training_request(self, dataset: DatasetExported) -> TrainingRequested | None:
+        """The job that trains the configured backend on ``dataset`` over the current
+        model (None without a trainer or without examples)."""
+        if self.trainer is None or not dataset.examples:
+            return None
+        assert self.holder is not None
+        engine = self.holder.current
+        base_path = str(getattr(engine, "path", ""))
+        return TrainingRequested(
+            causation_id=dataset.event_id,
+            job_id=job_id_for(self.trainer.name, dataset.sha256, engine.name, base_path),
+            trainer=self.trainer.name,
+            dataset_path=dataset.path,
+            dataset_sha256=dataset.sha256,
+            dataset_version=dataset.version,
+            base_model=engine.name,
+            base_engine=engine.kind,
+            base_path=base_path,
+        )
+
+    def training_attempt(self, job_id: str) -> int:
+        job = self.jobs.setdefault(job_id, {"attempts": 0})
+        job.update(status="running", stage="starting", progress=0.0, error="")
+        job["attempts"] += 1
+        return int(job["attempts"])
+
+    def training_progress(self, job_id: str) -> Progress:
+        def report(stage: str, fraction: float) -> None:
+            self.jobs.setdefault(job_id, {"attempts": 0}).update(
+                stage=stage, progress=round(min(1.0, max(0.0, fraction)), 3)
+            )
+
+        return report
+
+    def training_failed(self, job_id: str, error: str) -> None:
+        self.jobs.setdefault(job_id, {"attempts": 0}).update(status="failed", error=error)
+
+    async def swap_trained(self, done: TrainingFinished) -> ModelSwapped:
+        """Load what a job trained and swap it in (no restart, no dropped request)."""
+        s = self.settings
+        engine = await asyncio.to_thread(
+            build_engine,
+            done.engine,
+            path=done.base_path,
+            name=done.model,
+            openai_url=s.brain_finetune_url or s.brain_openai_url,
+            openai_key=s.brain_finetune_key or s.brain_openai_key,
+            context_tokens=s.brain_context_tokens,
+            adapter=done.adapter,
+        )
+        event = await self.swap(engine, job_id=done.job_id)
+        self.jobs.setdefault(done.job_id, {"attempts": 0}).update(
+            status="finished", stage="swapped in", progress=1.0, model=done.model
+        )
         return event
 
     # --- waiting for memories (tests, `engram brain chat` on exit) ----------------------

@@ -115,7 +115,8 @@ def build_trainer(settings: Settings) -> Trainer | None:
     if settings.brain_trainer == "openai":
         from .finetune import OpenAIFineTuneTrainer
 
-        return OpenAIFineTuneTrainer.from_settings(settings)
+        trainer: Trainer = OpenAIFineTuneTrainer.from_settings(settings)
+        return trainer
     return None
 
 
@@ -134,6 +135,7 @@ async def trainer_agent(event: TrainingRequested, ctx: AgentContext) -> None:
     try:
         result = await trainer.train(job, brain.training_progress(event.job_id))
     except Exception as exc:
+        brain.training_failed(event.job_id, repr(exc)[:500])
         await ctx.publisher.publish(
             TrainingFailed(
                 causation_id=event.event_id,
@@ -141,6 +143,7 @@ async def trainer_agent(event: TrainingRequested, ctx: AgentContext) -> None:
                 trainer=trainer.name,
                 error=repr(exc)[:2000],
                 attempt=attempt,
+                final=isinstance(exc, InputError) or attempt >= brain.settings.worker_max_deliver,
             )
         )
         raise
