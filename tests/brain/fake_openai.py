@@ -40,6 +40,7 @@ class FakeOpenAI:
         self.trained: dict[str, dict[str, str]] = {}  # model → prompt → answer
         self.chats: list[tuple[str, list[dict[str, Any]]]] = []
         self.created_jobs = 0
+        self.job_filters: list[dict[str, str]] = []  # the metadata filters of job listings
         self._ids = itertools.count(1)
 
     def app(self) -> web.Application:
@@ -222,6 +223,7 @@ class FakeOpenAI:
             for k, v in request.query.items()
             if k.startswith("metadata[") and k.endswith("]")
         }
+        self.job_filters.append(wanted)
         jobs = [
             self._public(j)
             for j in reversed(self.jobs.values())

@@ -105,6 +105,7 @@ async def test_a_fine_tuned_model_answers_what_it_was_taught(
     again = await hosted.trainer().train(job)
     assert again.model == result.model
     assert (len(hosted.fake.files), hosted.fake.created_jobs) == (files, jobs)
+    assert hosted.fake.job_filters[-1] == {"engram_job": "train-00000000000000a1"}
 
 
 async def test_the_base_model_setting_wins_over_the_jobs(hosted: Hosted, tmp_path: Path) -> None:
