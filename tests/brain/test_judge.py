@@ -302,9 +302,11 @@ async def test_a_brain_judging_itself_does_not_judge_its_judging(local_env: Env)
     assert len(judging) >= 1, "the judge's request went through the brain"
     for name in ("agent-judge", "agent-scorer", "agent-memory-writer"):
         await local_env.idle(name, timeout=60)
-    scored = await stream_events(local_env.js, CompletionScored.SUBJECT)
-    assert not [e for e in scored if e.completion_id in {j.completion_id for j in judging}]
+    generated = await stream_events(local_env.js, CompletionGenerated.SUBJECT)
+    judging = [e for e in generated if e.prompt.startswith(JUDGE_MARKER)]
     assert len(judging) == 1  # nothing judged the judge's completion
+    scored = await stream_events(local_env.js, CompletionScored.SUBJECT)
+    assert not [e for e in scored if e.completion_id == judging[0].completion_id]
     ours = [e for e in scored if e.completion_id == cid]
     assert "heuristic" in {e.scorer for e in ours}
     # the judge's request wrote no memory (the user's own chat asked for none either)
