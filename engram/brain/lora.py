@@ -309,6 +309,7 @@ class LoraConfig:
     steps: int = 60
     lr: float = 2e-3
     seed: int = 0
+    batch: int = 4  # examples a step (the whole dataset is cycled through, epoch by epoch)
 
 
 def _init_lora(cfg: BaseModel, lc: LoraConfig) -> dict[str, tuple[Any, Any]]:
@@ -332,8 +333,9 @@ def train_adapter(
     lc: LoraConfig,
     progress: Progress | None = None,
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, float]]:
-    """Adam on the masked next-token loss of the answers; returns ``(A, B)`` per target
-    (stacked over layers, unscaled) and the metrics."""
+    """Adam on the masked next-token loss of the answers, ``lc.batch`` examples a step
+    (padded to the dataset's longest, so one compiled step serves every batch); returns
+    ``(A, B)`` per target (stacked over layers, unscaled) and the metrics."""
     import jax
     import jax.numpy as jnp
 
@@ -349,6 +351,9 @@ def train_adapter(
         tokens[i, : len(e.tokens)] = e.tokens
         weights[i, e.first_target - 1 : len(e.tokens) - 1] = 1.0  # predicts tokens[t + 1]
     total = float(weights.sum())
+    batch = min(lc.batch, len(examples))
+    rng = np.random.default_rng(lc.seed)
+    order: list[int] = []
 
     def loss_fn(lora: dict[str, Any], base: dict[str, Any], toks: Any, w: Any) -> Any:
         scaled = {k: (a, b * scale) for k, (a, b) in lora.items()}
@@ -359,7 +364,7 @@ def train_adapter(
             nll = -jnp.take_along_axis(lp, t[1:, None], axis=-1)[:, 0]
             return jnp.sum(nll * wt[:-1])
 
-        return jnp.sum(jax.vmap(one)(toks, w)) / total
+        return jnp.sum(jax.vmap(one)(toks, w)) / jnp.maximum(jnp.sum(w), 1.0)
 
     b1, b2 = 0.9, 0.999
 
@@ -378,9 +383,13 @@ def train_adapter(
     params = _init_lora(cfg, lc)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
     state = (params, zeros, zeros)
-    toks, w = jnp.asarray(tokens), jnp.asarray(weights)
     losses = []
     for step in range(1, lc.steps + 1):
+        if len(order) < batch:  # the next epoch, in a seeded order
+            order.extend(int(i) for i in rng.permutation(len(examples)))
+        pick = order[:batch]
+        del order[:batch]
+        toks, w = jnp.asarray(tokens[pick]), jnp.asarray(weights[pick])
         state, loss = step_fn(state, jnp.float32(step), base, toks, w)
         losses.append(float(loss))
         if progress is not None:
@@ -388,6 +397,7 @@ def train_adapter(
     out = {k: (np.asarray(a), np.asarray(b)) for k, (a, b) in state[0].items()}
     metrics = {
         "examples": float(len(examples)),
+        "batch": float(batch),
         "answer_tokens": total,
         "steps": float(lc.steps),
         "loss_first": round(losses[0], 4),
@@ -458,7 +468,7 @@ class LoraTrainer(Trainer):
             self.python, "-m", "engram.brain.lora",
             "--base", job.base_path, "--dataset", str(job.dataset_path), "--out", str(out),
             "--rank", str(c.rank), "--alpha", str(c.alpha), "--steps", str(c.steps),
-            "--lr", str(c.lr), "--seed", str(c.seed),
+            "--lr", str(c.lr), "--seed", str(c.seed), "--batch", str(c.batch),
         ]  # fmt: skip
         proc = await asyncio.create_subprocess_exec(
             *args,
@@ -515,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=4)
     a = p.parse_args(argv)
 
     def report(stage: str, frac: float) -> None:
@@ -529,7 +540,9 @@ def main(argv: list[str] | None = None) -> int:
         report("loading the base", 0.0)
         cfg = load_base(a.base)
         examples = encode_examples(cfg.path, _examples(Path(a.dataset)), cfg.chat_template)
-        lc = LoraConfig(rank=a.rank, alpha=a.alpha, steps=a.steps, lr=a.lr, seed=a.seed)
+        lc = LoraConfig(
+            rank=a.rank, alpha=a.alpha, steps=a.steps, lr=a.lr, seed=a.seed, batch=a.batch
+        )
         lora, metrics = train_adapter(cfg, examples, lc, report)
         digest = write_adapter(cfg, lora, lc.alpha, Path(a.out))
     except InputError as exc:

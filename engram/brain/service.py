@@ -21,6 +21,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -43,7 +44,7 @@ from streams.worker import Worker
 
 from .agents import AgentContext, AgentRunner, AgentSpec, load_agents
 from .builtin import namespace_of
-from .engines import Chunk, Engine, EngineHolder, approx_tokens, build_engine
+from .engines import Chunk, Engine, EngineHolder, approx_tokens, build_engine, packaged_gguf
 from .judge import close_judge
 from .recall import Hit, RecallIndex
 from .training import Progress, Trainer, build_trainer, job_id_for
@@ -124,6 +125,19 @@ class Brain:
         self.embedder = await asyncio.to_thread(load_embedder, s, "query")
         self.index.embedder = self.embedder  # sentence vectors of long memories
         engine = self._engine
+        trained = await self._trained_model() if engine is None else None
+        if trained is not None:
+            engine = await asyncio.to_thread(
+                build_engine,
+                trained.engine,
+                path=trained.path,
+                name=trained.model,
+                openai_url=s.brain_finetune_url or s.brain_openai_url,
+                openai_key=s.brain_finetune_key or s.brain_openai_key,
+                context_tokens=s.brain_context_tokens,
+                adapter=trained.adapter,
+            )
+            log.info("trained model restored", model=trained.model, job=trained.job_id)
         if engine is None:
             engine = await asyncio.to_thread(
                 build_engine,
@@ -190,6 +204,27 @@ class Brain:
         if self.bus is not None:
             await self.bus.close()
         self.index.close()
+
+    async def _trained_model(self) -> ModelSwapped | None:
+        """The last swap, when it put in a trained model over the base these settings
+        name (so a restart keeps what training taught; a changed base setting wins)."""
+        from streams.events import decode
+
+        assert self.bus is not None
+        s = self.settings
+        try:
+            msg = await self.bus.js.get_last_msg("BRAIN", ModelSwapped.SUBJECT)
+            last = decode(msg.data or b"")
+        except Exception:  # no swap yet (or no stream): the configured model
+            return None
+        if not isinstance(last, ModelSwapped) or not last.job_id or last.engine != s.brain_engine:
+            return None
+        if last.engine == "llama":
+            base = s.brain_model_path or str(packaged_gguf())
+            if last.path != base or not last.adapter:
+                return None
+            return last if await asyncio.to_thread(Path(last.adapter).is_file) else None
+        return last  # a fine-tuned model id, served by the same API
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)

@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import pytest_asyncio
 from nats.js import api
 
 from engram.brain.engines import packaged_gguf
 from engram.brain.server import bound_port, serve
-from engram.brain.service import Brain
+from engram.brain.service import Brain, ChatRequest
 from engram.config import Settings
 from engram.natsd import EmbeddedNats
 from streams.events import DeadLettered, TrainingFailed, TrainingRequested, decode
@@ -81,7 +82,7 @@ async def test_the_jax_forward_pass_computes_what_llama_cpp_computes() -> None:
     assert proc.returncode == 0
     figures = json.loads(out.decode().strip().splitlines()[-1])
     assert figures["tokens"] >= 15
-    assert figures["min_logit_correlation"] > 0.998, figures
+    assert figures["min_logit_correlation"] > 0.995, figures
     assert figures["top1_agreement"] >= 0.75, figures
 
 
@@ -135,6 +136,22 @@ async def test_a_correction_trains_an_adapter_that_is_swapped_in(server: Server)
     # another user, no memory recalled: the answer comes from the trained weights
     after = await _ask(server, "yan")
     assert "blorptown" in after.lower(), after
+    # a restart keeps what training taught (the last swap names the adapter over this base)
+    s = server.brain.settings
+    again = Brain(
+        msgspec.structs.replace(s, data_dir=s.data_dir + "-restarted", node_id="brain-restarted"),
+        agents=[],
+        embed_worker=False,
+    )
+    await again.start()
+    try:
+        assert again.model == job["model"]
+        _, answer, _ = await again.chat(
+            ChatRequest(messages=[{"role": "user", "content": QUESTION}], user="yan", recall=False)
+        )
+        assert "blorptown" in answer.lower(), answer
+    finally:
+        await again.stop()
     status, unknown = await server.get("/api/llm/train/train-0000000000000000")
     assert status == 404 and "error" in unknown
 
