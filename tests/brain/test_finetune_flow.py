@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import pytest_asyncio
 from aiohttp import web
 from nats.js import api
 
 from engram.brain.server import bound_port, serve
-from engram.brain.service import Brain
+from engram.brain.service import Brain, ChatRequest
 from engram.config import Settings
 from engram.natsd import EmbeddedNats
 from streams.events import (
@@ -158,3 +160,20 @@ async def test_a_failed_fine_tune_is_retried_then_dead_lettered(env: Env) -> Non
     assert code == 200 and status["status"] == "failed"
     # chat went on, on the model swapped in before
     assert (await env.ask("erin")).choices[0].message.content == CORRECTION
+
+
+async def test_a_restart_keeps_the_fine_tuned_model(env: Env, tmp_path: Path) -> None:
+    swapped = [e for e in await env.events(ModelSwapped.SUBJECT) if e.job_id]
+    model = swapped[-1].model
+    assert model.startswith("ft:base-model:engram:")
+    # another brain process on the same bus (its own data dir), configured with the base model
+    settings = msgspec.structs.replace(env.brain.settings, data_dir=str(tmp_path / "again"))
+    again = Brain(settings)
+    await again.start()
+    try:
+        assert again.model == model
+        req = ChatRequest(messages=[{"role": "user", "content": QUESTION}], user="zoe", write=False)
+        _, answer, _ = await again.chat(req)
+        assert answer == CORRECTION
+    finally:
+        await again.stop()
