@@ -29,6 +29,7 @@ SECRET_FIELDS = frozenset(
         "vision_api_key",
         "brain_openai_key",
         "brain_finetune_key",
+        "brain_judge_key",
     }
 )
 # list settings given in the environment as comma-separated values
@@ -153,6 +154,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     brain_finetune_url: str = ""  # openai trainer: base URL ending in /v1 ("" = brain_openai_url)
     brain_finetune_key: str | None = None  # "" = brain_openai_key
     brain_finetune_model: str = ""  # the base model id to fine-tune ("" = the current model)
+    brain_finetune_poll_s: float = 10.0  # openai trainer: seconds between job status polls
+    # the LLM judge (a second scorer): "" (off: heuristics only) | llama (a local GGUF) |
+    # openai (an OpenAI-compatible endpoint); its score is preferred in dataset exports
+    brain_judge: str = ""
+    brain_judge_path: str = ""  # llama judge: a GGUF file; "" = SmolLM2-135M-Instruct
+    brain_judge_url: str = ""  # openai judge: base URL ending in /v1 ("" = brain_openai_url)
+    brain_judge_model: str = ""  # the judge's model name ("" = brain_model_name)
+    brain_judge_key: str | None = None  # "" = brain_openai_key
+    brain_judge_max_tokens: int = 48  # most tokens of a verdict
 
     def __post_init__(self) -> None:
         if self.nats_port < 0 or self.nats_port > 65535:
@@ -209,6 +219,19 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError("brain_trainer: none, lora or openai")
         if self.brain_lora_rank < 1 or self.brain_lora_steps < 1 or self.brain_lora_lr <= 0:
             raise ConfigError("brain_lora_rank and brain_lora_steps: >= 1; brain_lora_lr: > 0")
+        if self.brain_finetune_poll_s <= 0:
+            raise ConfigError("brain_finetune_poll_s: > 0")
+        if self.brain_judge not in ("", "llama", "openai") or self.brain_judge_max_tokens < 1:
+            raise ConfigError(
+                'brain_judge: "" (off), llama or openai; brain_judge_max_tokens: >= 1'
+            )
+        if self.brain_judge == "openai":
+            if not (self.brain_judge_url or self.brain_openai_url).startswith(
+                ("http://", "https://")
+            ):
+                raise ConfigError("brain_judge = openai needs brain_judge_url (an http(s) URL)")
+            if not (self.brain_judge_model or self.brain_model_name):
+                raise ConfigError("brain_judge = openai needs brain_judge_model")
         if self.brain_balance not in ("local", "solana"):
             raise ConfigError("brain_balance: local or solana")
         if not 0 <= self.brain_port <= 65535 or self.brain_max_tokens < 1:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+import structlog
+
 from streams.events import (
     CompletionGenerated,
     CompletionScored,
@@ -21,8 +23,19 @@ from streams.events import (
 )
 
 from .agents import AgentContext, agent
+from .judge import is_judge_prompt, judge_messages, judge_of, parse_verdict
 
-__all__ = ["BRAIN_CALLER", "feedback", "heuristic_score", "memory_writer", "prompt_fixer", "scorer"]
+__all__ = [
+    "BRAIN_CALLER",
+    "feedback",
+    "heuristic_score",
+    "judge",
+    "memory_writer",
+    "prompt_fixer",
+    "scorer",
+]
+
+log = structlog.get_logger("engram.brain.builtin")
 
 #: the ``caller`` of the brain's ingests (request ids are unique per caller)
 BRAIN_CALLER = "brain"
@@ -58,7 +71,7 @@ def heuristic_score(prompt: str, answer: str, finish_reason: str) -> tuple[float
 
 @agent(on=CompletionGenerated, name="memory-writer", builtin=True)
 async def memory_writer(event: CompletionGenerated, ctx: AgentContext) -> None:
-    if not event.write_memory:
+    if not event.write_memory or is_judge_prompt(event.prompt):
         return
     ns = namespace_of(event.user)
     turns = [("user", event.prompt)]
@@ -86,6 +99,8 @@ async def memory_writer(event: CompletionGenerated, ctx: AgentContext) -> None:
 
 @agent(on=CompletionGenerated, name="scorer", builtin=True)
 async def scorer(event: CompletionGenerated, ctx: AgentContext) -> None:
+    if is_judge_prompt(event.prompt):
+        return
     score, reasons = heuristic_score(event.prompt, event.answer, event.finish_reason)
     await ctx.publisher.publish(
         CompletionScored(
@@ -97,8 +112,44 @@ async def scorer(event: CompletionGenerated, ctx: AgentContext) -> None:
     )
 
 
+@agent(on=CompletionGenerated, name="judge", builtin=True)
+async def judge(event: CompletionGenerated, ctx: AgentContext) -> None:
+    """The LLM judge's grade (``brain_judge``; off by default). An engine error is raised
+    (retried, then dead-lettered); a reply without a score publishes nothing."""
+    if ctx.brain is None or is_judge_prompt(event.prompt):
+        return
+    engine = await judge_of(ctx.brain)
+    if engine is None:
+        return
+    parts = [
+        chunk.text
+        async for chunk in engine.generate(
+            judge_messages(event.prompt, event.answer),
+            max_tokens=ctx.brain.settings.brain_judge_max_tokens,
+            temperature=0.0,
+        )
+    ]
+    reply = "".join(parts).strip()
+    verdict = parse_verdict(reply)
+    if verdict is None:
+        log.warning("the judge gave no score", completion=event.completion_id, reply=reply[:200])
+        return
+    score, reason = verdict
+    await ctx.publisher.publish(
+        CompletionScored(
+            causation_id=event.event_id,
+            completion_id=event.completion_id,
+            score=score,
+            scorer=f"judge:{engine.name}",
+            reasons=[reason],
+        )
+    )
+
+
 @agent(on=CompletionGenerated, name="prompt-fixer", builtin=True)
 async def prompt_fixer(event: CompletionGenerated, ctx: AgentContext) -> None:
+    if is_judge_prompt(event.prompt):
+        return
     score, reasons = heuristic_score(event.prompt, event.answer, event.finish_reason)
     if score >= 0.5:
         return

@@ -697,11 +697,14 @@ def _prompt_key(prompt: str) -> str:
 async def export_dataset(brain: Brain) -> DatasetExported:
     """Scored and corrected completions → a versioned chat-format JSONL dataset, announced
     by a ``DatasetExported`` event with its SHA-256. A correction replaces the answer; an
-    uncorrected completion is kept when scored ≥ 0.7 (by the scorer or the user) and its
-    prompt was never corrected (another answer to a corrected prompt is a wrong one)."""
+    uncorrected completion is kept when scored ≥ 0.7 (by the user, else the LLM judge, else
+    the heuristic scorer) and its prompt was never corrected (another answer to a corrected
+    prompt is a wrong one)."""
     assert brain.bus is not None
     completions: dict[str, CompletionGenerated] = {}
-    scores: dict[str, float] = {}
+    scores: dict[str, float] = {}  # heuristic < judge < the user's own rating
+    judged: dict[str, float] = {}
+    rated: dict[str, float] = {}
     corrections: dict[str, str] = {}
     async for items in replay_batches(
         brain.bus.js,
@@ -718,12 +721,18 @@ async def export_dataset(brain: Brain) -> DatasetExported:
             if isinstance(ev, CompletionGenerated):
                 completions[ev.completion_id] = ev
             elif isinstance(ev, CompletionScored):
-                scores.setdefault(ev.completion_id, ev.score)
+                # the LLM judge's verdict, when there is one, outranks the heuristics
+                if ev.scorer.startswith("judge:"):
+                    judged[ev.completion_id] = ev.score
+                else:
+                    scores.setdefault(ev.completion_id, ev.score)
             elif isinstance(ev, FeedbackGiven):
                 if ev.score is not None:
-                    scores[ev.completion_id] = ev.score
+                    rated[ev.completion_id] = ev.score
                 if ev.correction:
                     corrections[ev.completion_id] = ev.correction
+    scores.update(judged)
+    scores.update(rated)
     # a corrected prompt's other answers are known to be wrong: they are left out
     wrong = {_prompt_key(completions[cid].prompt) for cid in corrections if cid in completions}
     lines, corrected = [], 0

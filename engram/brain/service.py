@@ -45,6 +45,7 @@ from streams.worker import Worker
 from .agents import AgentContext, AgentRunner, AgentSpec, load_agents
 from .builtin import namespace_of
 from .engines import Chunk, Engine, EngineHolder, approx_tokens, build_engine, packaged_gguf
+from .judge import close_judge
 from .recall import Hit, RecallIndex
 from .training import Progress, Trainer, build_trainer, job_id_for
 
@@ -188,6 +189,7 @@ class Brain:
             await asyncio.wait(set(self._background), timeout=self.settings.stop_grace_s + 10)
         if self.agents is not None:
             await self.agents.stop()
+        await close_judge(self)
         for w in self._workers:
             w.stop()
         if self.runner is not None:
