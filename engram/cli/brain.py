@@ -7,6 +7,7 @@ import contextlib
 import signal
 import sys
 import uuid
+from typing import Any
 
 import click
 from rich.console import Console
@@ -107,7 +108,8 @@ def chat(
 ) -> None:
     """Chat in the terminal, offline. What you say is remembered for your next session.
 
-    Commands: /fix <answer> corrects the last answer (a lesson), /quit ends."""
+    Commands: /fix <answer> corrects the last answer (a lesson), /train trains the model
+    on the corrections (with ENGRAM_BRAIN_TRAINER=lora) and swaps it in, /quit ends."""
     from engram.brain.service import Brain, ChatRequest
     from streams.events import FeedbackGiven
 
@@ -120,7 +122,7 @@ def chat(
             await brain.start()
         _stderr.print(
             f"[bold]engram brain[/] model {brain.model}, user {user}, session {session_id}; "
-            "/fix <answer> corrects, /quit ends"
+            "/fix <answer> corrects, /train learns the corrections, /quit ends"
         )
         history: list[dict[str, str]] = []
         last = None
@@ -149,6 +151,9 @@ def chat(
                         )
                     )
                     _stderr.print("noted: the next similar question gets this answer")
+                    continue
+                if line == "/train":
+                    await _train(brain)
                     continue
                 history.append({"role": "user", "content": line})
                 req = ChatRequest(
@@ -185,6 +190,37 @@ def chat(
 
     with contextlib.suppress(KeyboardInterrupt):
         run_async(main())
+
+
+async def _train(brain: Any) -> None:
+    """Export the corrections and, with a trainer configured, train and swap in the result
+    (the brain's own trainer agent runs the job), showing its progress."""
+    from engram.brain.server import export_dataset, training_status
+
+    with _stderr.status("exporting the corrections..."):
+        await brain.settle(timeout=60)  # the feedback just given is in the log
+        exported = await export_dataset(brain)
+    job = brain.training_request(exported)
+    if job is None:
+        why = (
+            "no trainer is configured (ENGRAM_BRAIN_TRAINER=lora trains here)"
+            if brain.trainer is None
+            else "no corrected or well-scored answer to learn from yet"
+        )
+        _stderr.print(f"dataset v{exported.version} ({exported.examples} examples); {why}")
+        return
+    await brain.publish(job)
+    status: dict[str, Any] = {}
+    with _stderr.status(f"training {job.job_id}...") as shown:
+        while status.get("status") not in ("swapped_in", "failed"):
+            await asyncio.sleep(1.0)
+            status = await training_status(brain, job.job_id) or {}
+            stage = status.get("stage") or status.get("status", "queued")
+            shown.update(f"training {job.job_id}: {escape(str(stage))}")
+    if status["status"] == "failed":
+        _stderr.print(f"[red]training failed:[/] {escape(status['failures'][-1]['error'])}")
+    else:
+        _stderr.print(f"trained on {exported.examples} examples; now answering as {brain.model}")
 
 
 def register(main: click.Group) -> None:
