@@ -127,15 +127,8 @@ class Brain:
         engine = self._engine
         trained = await self._trained_model() if engine is None else None
         if trained is not None:
-            engine = await asyncio.to_thread(
-                build_engine,
-                trained.engine,
-                path=trained.path,
-                name=trained.model,
-                openai_url=s.brain_finetune_url or s.brain_openai_url,
-                openai_key=s.brain_finetune_key or s.brain_openai_key,
-                context_tokens=s.brain_context_tokens,
-                adapter=trained.adapter,
+            engine = await self._trained_engine(
+                trained.engine, trained.path, trained.model, trained.adapter
             )
             log.info("trained model restored", model=trained.model, job=trained.job_id)
         if engine is None:
@@ -455,19 +448,24 @@ class Brain:
     def training_failed(self, job_id: str, error: str) -> None:
         self.jobs.setdefault(job_id, {"attempts": 0}).update(status="failed", error=error)
 
-    async def swap_trained(self, done: TrainingFinished) -> ModelSwapped:
-        """Load what a job trained and swap it in (no restart, no dropped request)."""
+    async def _trained_engine(self, kind: str, path: str, model: str, adapter: str) -> Engine:
+        """A trained model's engine: base + adapter (llama), or the fine-tuned model id on
+        the fine-tuning API's endpoint (openai)."""
         s = self.settings
-        engine = await asyncio.to_thread(
+        return await asyncio.to_thread(
             build_engine,
-            done.engine,
-            path=done.base_path,
-            name=done.model,
+            kind,
+            path=path,
+            name=model,
             openai_url=s.brain_finetune_url or s.brain_openai_url,
             openai_key=s.brain_finetune_key or s.brain_openai_key,
             context_tokens=s.brain_context_tokens,
-            adapter=done.adapter,
+            adapter=adapter,
         )
+
+    async def swap_trained(self, done: TrainingFinished) -> ModelSwapped:
+        """Load what a job trained and swap it in (no restart, no dropped request)."""
+        engine = await self._trained_engine(done.engine, done.base_path, done.model, done.adapter)
         event = await self.swap(engine, job_id=done.job_id)
         self.jobs.setdefault(done.job_id, {"attempts": 0}).update(
             status="finished", stage="swapped in", progress=1.0, model=done.model

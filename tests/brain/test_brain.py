@@ -20,14 +20,12 @@ import pytest_asyncio
 from aiohttp import web
 from nacl.signing import SigningKey
 from nats.js import api
-from openai import AsyncOpenAI
 
 from engram.brain.engines import packaged_gguf
-from engram.brain.server import bound_port, make_app, serve
-from engram.brain.service import Brain
-from engram.config import Settings
-from engram.natsd import EmbeddedNats
+from engram.brain.server import bound_port, make_app
 from streams.events import DeadLettered, ModelSwapped, decode
+
+from .servers import Server, brain_server
 
 pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -45,55 +43,14 @@ async def always_fails(event, ctx):
 """
 
 
-class Server:
-    def __init__(self, brain: Brain, url: str, nats: EmbeddedNats) -> None:
-        self.brain = brain
-        self.url = url
-        self.nats = nats
-        self.client = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-
-    async def post(self, path: str, body: Any, token: str | None = None) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with (
-            aiohttp.ClientSession() as s,
-            s.post(
-                self.url + path,
-                data=body if isinstance(body, bytes) else json.dumps(body),
-                headers=headers,
-            ) as r,
-        ):
-            return r.status, await r.json()
-
-    async def get(self, path: str) -> tuple[int, Any]:
-        async with aiohttp.ClientSession() as s, s.get(self.url + path) as r:
-            return r.status, await r.json()
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
     root = tmp_path_factory.mktemp("brain")
     agents = root / "agents"
     agents.mkdir()
     (agents / "failing.py").write_text(FAILING_AGENT)
-    nats = EmbeddedNats(data_dir=root / "nats", sync="always").start(reuse=False)
-    settings = Settings(
-        data_dir=str(root / "data"),
-        nats_url=nats.url,
-        node_id="brain-test",
-        worker_max_deliver=3,
-        worker_backoff_s=[0.1, 0.2, 0.3],
-        brain_max_tokens=16,
-        brain_agents_dir=str(agents),
-    )
-    brain = Brain(settings)
-    await brain.start()
-    runner = await serve(brain, "127.0.0.1", 0)
-    try:
-        yield Server(brain, f"http://127.0.0.1:{bound_port(runner)}", nats)
-    finally:
-        await runner.cleanup()
-        await brain.stop()
-        nats.stop()
+    async with brain_server(root, "brain-test", brain_agents_dir=str(agents)) as server:
+        yield server
 
 
 def texts(memories: list[dict[str, Any]]) -> str:

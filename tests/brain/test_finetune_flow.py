@@ -16,13 +16,9 @@ from typing import Any
 import msgspec
 import pytest
 import pytest_asyncio
-from aiohttp import web
 from nats.js import api
 
-from engram.brain.server import bound_port, serve
 from engram.brain.service import Brain, ChatRequest
-from engram.config import Settings
-from engram.natsd import EmbeddedNats
 from streams.events import (
     DeadLettered,
     ModelSwapped,
@@ -32,7 +28,7 @@ from streams.events import (
 )
 
 from .fake_openai import FakeOpenAI
-from .test_brain import Server
+from .servers import Server, brain_server, hosted_api
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -80,37 +76,24 @@ class Env(Server):
 async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
     root = tmp_path_factory.mktemp("finetune-flow")
     fake = FakeOpenAI()
-    fake_runner = web.AppRunner(fake.app(), access_log=None)
-    await fake_runner.setup()
-    await web.TCPSite(fake_runner, "127.0.0.1", 0).start()
-    hosted = f"http://127.0.0.1:{bound_port(fake_runner)}/v1"
-    nats = EmbeddedNats(data_dir=root / "nats", sync="always").start(reuse=False)
-    settings = Settings(
-        data_dir=str(root / "data"),
-        nats_url=nats.url,
-        node_id="finetune-flow",
-        worker_max_deliver=2,
-        worker_backoff_s=[0.1, 0.2],
-        brain_max_tokens=16,
-        brain_engine="openai",
-        brain_openai_url=hosted,
-        brain_openai_key="sk-test",
-        brain_model_name="base-model",
-        brain_trainer="openai",
-        brain_finetune_poll_s=0.05,
-    )
-    brain = Brain(settings)
-    await brain.start()
-    runner = await serve(brain, "127.0.0.1", 0)
-    try:
-        e = Env(brain, f"http://127.0.0.1:{bound_port(runner)}", nats)
+    async with (
+        hosted_api(fake) as hosted,
+        brain_server(
+            root,
+            "finetune-flow",
+            Env,
+            worker_max_deliver=2,
+            worker_backoff_s=[0.1, 0.2],
+            brain_engine="openai",
+            brain_openai_url=hosted,
+            brain_openai_key="sk-test",
+            brain_model_name="base-model",
+            brain_trainer="openai",
+            brain_finetune_poll_s=0.05,
+        ) as e,
+    ):
         e.fake = fake
         yield e
-    finally:
-        await runner.cleanup()
-        await brain.stop()
-        nats.stop()
-        await fake_runner.cleanup()
 
 
 async def test_a_correction_is_fine_tuned_and_swapped_in(env: Env) -> None:

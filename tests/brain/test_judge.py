@@ -15,14 +15,11 @@ import aiohttp
 import msgspec
 import pytest
 import pytest_asyncio
-from aiohttp import web
 from nats.js import api
 
 from engram.brain.judge import JUDGE_MARKER, judge_messages, judge_of, parse_verdict
-from engram.brain.server import bound_port, serve
 from engram.brain.service import Brain, ChatRequest
 from engram.config import ConfigError, Settings
-from engram.natsd import EmbeddedNats
 from streams.events import (
     CompletionGenerated,
     CompletionScored,
@@ -32,6 +29,7 @@ from streams.events import (
 )
 
 from .fake_openai import FakeOpenAI
+from .servers import brain_server, hosted_api
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -106,50 +104,27 @@ async def stream_events(js: Any, subject: str) -> list[Any]:
     return out
 
 
-async def start_brain(root: Path, nats: EmbeddedNats, **extra: Any) -> tuple[Brain, web.AppRunner]:
-    settings = Settings(
-        data_dir=str(root / "data"),
-        nats_url=nats.url,
-        node_id="judge-test",
-        worker_max_deliver=3,
-        worker_backoff_s=[0.1, 0.2, 0.3],
-        brain_max_tokens=16,
-        **extra,
-    )
-    brain = Brain(settings)
-    await brain.start()
-    return brain, await serve(brain, "127.0.0.1", 0)
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def hosted_env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
     """A brain whose chat model and judge are both hosted (the fake API)."""
     root = tmp_path_factory.mktemp("judge-hosted")
     fake = FakeOpenAI()
     fake.reply = hosted
-    fake_runner = web.AppRunner(fake.app(), access_log=None)
-    await fake_runner.setup()
-    await web.TCPSite(fake_runner, "127.0.0.1", 0).start()
-    api_url = f"http://127.0.0.1:{bound_port(fake_runner)}/v1"
-    nats = EmbeddedNats(data_dir=root / "nats", sync="always").start(reuse=False)
-    brain, runner = await start_brain(
-        root,
-        nats,
-        brain_engine="openai",
-        brain_openai_url=api_url,
-        brain_model_name="chat-upstream",
-        brain_judge="openai",
-        brain_judge_url=api_url,
-        brain_judge_model="judge-model",
-        brain_judge_key="sk-judge",
-    )
-    try:
-        yield Env(brain, f"http://127.0.0.1:{bound_port(runner)}", fake)
-    finally:
-        await runner.cleanup()
-        await brain.stop()
-        nats.stop()
-        await fake_runner.cleanup()
+    async with (
+        hosted_api(fake) as api_url,
+        brain_server(
+            root,
+            "judge-test",
+            brain_engine="openai",
+            brain_openai_url=api_url,
+            brain_model_name="chat-upstream",
+            brain_judge="openai",
+            brain_judge_url=api_url,
+            brain_judge_model="judge-model",
+            brain_judge_key="sk-judge",
+        ) as server,
+    ):
+        yield Env(server.brain, server.url, fake)
 
 
 async def test_verdicts_are_parsed_never_invented() -> None:
@@ -249,14 +224,8 @@ async def local_env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E
     """A brain on SmolLM2 judged by SmolLM2 (a second llama.cpp engine)."""
     pytest.importorskip("llama_cpp")
     root = tmp_path_factory.mktemp("judge-local")
-    nats = EmbeddedNats(data_dir=root / "nats", sync="always").start(reuse=False)
-    brain, runner = await start_brain(root, nats, brain_judge="llama")
-    try:
-        yield Env(brain, f"http://127.0.0.1:{bound_port(runner)}")
-    finally:
-        await runner.cleanup()
-        await brain.stop()
-        nats.stop()
+    async with brain_server(root, "judge-test", brain_judge="llama") as server:
+        yield Env(server.brain, server.url)
 
 
 async def test_the_packaged_model_judges_offline(local_env: Env) -> None:

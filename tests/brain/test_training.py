@@ -19,13 +19,10 @@ import pytest_asyncio
 from nats.js import api
 
 from engram.brain.engines import packaged_gguf
-from engram.brain.server import bound_port, serve
 from engram.brain.service import Brain, ChatRequest
-from engram.config import Settings
-from engram.natsd import EmbeddedNats
 from streams.events import DeadLettered, TrainingFailed, TrainingRequested, decode
 
-from .test_brain import Server
+from .servers import Server, brain_server
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("jax")
@@ -38,26 +35,15 @@ CORRECTION = "The capital of Zorbia is Blorptown."
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
     root = tmp_path_factory.mktemp("brain-train")
-    nats = EmbeddedNats(data_dir=root / "nats", sync="always").start(reuse=False)
-    settings = Settings(
-        data_dir=str(root / "data"),
-        nats_url=nats.url,
-        node_id="brain-train-test",
+    async with brain_server(
+        root,
+        "brain-train-test",
         worker_max_deliver=2,
         worker_backoff_s=[0.1, 0.2],
-        brain_max_tokens=16,
         brain_trainer="lora",
         brain_lora_steps=10,
-    )
-    brain = Brain(settings)
-    await brain.start()
-    runner = await serve(brain, "127.0.0.1", 0)
-    try:
-        yield Server(brain, f"http://127.0.0.1:{bound_port(runner)}", nats)
-    finally:
-        await runner.cleanup()
-        await brain.stop()
-        nats.stop()
+    ) as server:
+        yield server
 
 
 async def _ask(server: Server, user: str, prompt: str = QUESTION) -> str:
