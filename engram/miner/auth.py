@@ -113,6 +113,10 @@ class ValidatorRegistry(Protocol):
         """The reason a 403 gives a hotkey that is not a validator."""
         ...
 
+    async def recheck(self, hotkey_ss58: str) -> bool:
+        """``is_validator`` once more before a 403 (a chain view may be stale)."""
+        ...
+
 
 @dataclass(frozen=True)
 class StaticRegistry:
@@ -131,6 +135,9 @@ class StaticRegistry:
 
     def why_not_validator(self, hotkey_ss58: str) -> str:
         return f"hotkey {hotkey_ss58} is not a validator allowed to call this endpoint"
+
+    async def recheck(self, hotkey_ss58: str) -> bool:
+        return self.is_validator(hotkey_ss58)  # the operator's list: nothing to re-read
 
 
 @dataclass(frozen=True)
@@ -308,6 +315,14 @@ class AxonAuth:
                 registry=self.registry,
                 min_stake=self.min_stake,
             )
+            if (
+                refusal is not None
+                and refusal.status == 403
+                and access is Access.VALIDATOR
+                and caller is not None
+                and await self.registry.recheck(caller)
+            ):
+                refusal = None  # a permit newer than the cached metagraph
             if refusal is not None:
                 return _refuse(refusal)
             return await handler(request)

@@ -166,6 +166,40 @@ async def test_validators_and_stake_come_from_the_chain(
         await trust.close()
 
 
+async def test_a_permit_newer_than_the_cached_metagraph_is_honoured_at_once(
+    bus: Bus, settings: Settings, subnet: LocalChain, chain_server: EmbeddedNats, serve: Any
+) -> None:
+    """A validator registered after the miner's last metagraph read is not turned away for
+    a whole refresh period: the refusal re-reads the chain first (rate-limited)."""
+    s = msgspec.structs.replace(chain_settings(settings, chain_server.url), chain_refresh_s=3600.0)
+    trust = await open_chain_trust(s, bus, MINER)
+    assert trust is not None
+    reads = 0
+    sync = trust.registry.sync
+
+    async def counted() -> Any:
+        nonlocal reads
+        reads += 1
+        return await sync()
+
+    trust.registry.sync = counted  # type: ignore[method-assign]
+    try:
+        url = await serve(echo_app(build_auth(s, "127.0.0.1", trust.registry, keypair=MINER)))
+        late = bittensor_core.Keypair.from_uri("//TrustLateValidator")
+        assert not trust.registry.is_validator(late.ss58_address)
+        await subnet.register(late.ss58_address, stake=500.0)  # after the miner's read
+        status, out, _ = await post(url, "/ChallengeSynapse", late)
+        assert status == 200 and out["caller"] == late.ss58_address, out
+        assert reads == 1
+        # strangers cannot make the miner read the chain on every request
+        for _ in range(5):
+            status, out, _ = await post(url, "/ChallengeSynapse", STRANGER)
+            assert status == 403 and "is not registered" in out["error"]
+        assert reads <= 2  # five refusals, at most one more read (one per miss_refresh_s)
+    finally:
+        await trust.close()
+
+
 async def test_chain_none_keeps_the_static_list(settings: Settings, bus: Bus) -> None:
     assert await open_chain_trust(settings, bus, MINER) is None
     with pytest.raises(ConfigError, match="chain = local or bittensor"):
