@@ -24,10 +24,14 @@ are never ingested. The benchmark measures, in order:
 * ``query_under_load_p99_ms``: the same queries, sequential, while another ingest (published
   as in the pipeline) keeps the embed worker busy;
 * ``batch64_docs_per_s``: ``/IngestBatch`` with 64 texts per request, each waiting until
-  its memories are stored, ``BATCH_INFLIGHT`` requests in flight (a bulk loader's client,
-  like the SDK's ``batch_ingest``); ``batch64_sequential_docs_per_s``: the same, one
-  request at a time (each request's publish, fsync, embedding and apply back to back: a
-  latency figure more than a throughput one);
+  its memories are stored, ``BATCH_INFLIGHT`` (4) requests in flight (a bulk loader's
+  client, like the SDK's ``batch_ingest``), over ``BATCH_INFLIGHT_DOCS`` texts (16
+  requests, ramp-up and drain included); ``batch64_sequential_docs_per_s``: the same, one
+  request at a time over ``BATCH_SEQUENTIAL_DOCS`` texts (each request's publish, fsync,
+  embedding and apply back to back: a latency figure more than a throughput one). Each
+  request's 64 texts are embedded on every lane (model batches of 8); with several in
+  flight the worker embeds them in arrival order a request's worth at a time, so the
+  first finishes (and its client sends the next) while the others embed;
 * ``raw_embed_sorted_docs_per_s`` (the mean of two runs: right after the pipeline, on the
   idle miner, and at the very end): the miner's own embedder (the same object the worker
   used) on every text, sorted by length over the *whole* corpus at once, the strongest
@@ -62,9 +66,13 @@ __all__ = ["corpus", "run", "run_index_scale", "tree_rss_mib", "wordnet_definiti
 
 #: Texts for the fastembed-alone (arrival order) baseline: it is slow and only a rate.
 RAW_DOCS = 1000
-#: Texts ingested while the under-load queries run, and through ``/IngestBatch``.
+#: Texts ingested while the under-load queries run, and through ``/IngestBatch``: 16
+#: requests with ``BATCH_INFLIGHT`` in flight (four rounds: a rate, not two rounds' ramp
+#: up and drain), then 8 one at a time.
 LOAD_DOCS = 1000
-BATCH_DOCS = 1024
+BATCH_INFLIGHT_DOCS = 1024
+BATCH_SEQUENTIAL_DOCS = 512
+BATCH_DOCS = BATCH_INFLIGHT_DOCS + BATCH_SEQUENTIAL_DOCS
 BATCH = 64
 #: ``/IngestBatch`` requests in flight for ``batch64_docs_per_s``.
 BATCH_INFLIGHT = 4
@@ -379,9 +387,9 @@ async def _run(docs: int, queries: int, data_dir: Path, source: str) -> dict[str
             stages1 = _stage_sums(node.axon.registry)
             stages = [b - a for a, b in zip(stages0, stages1, strict=True)]
             loaded_ms = await _queries_under_load(node, http, load_texts, query_texts)
-            half = len(batch_texts) // 2
-            batch64 = await _batch64(http, batch_texts[:half], BATCH_INFLIGHT)
-            batch64_seq = await _batch64(http, batch_texts[half:], 1)
+            split = BATCH_INFLIGHT_DOCS
+            batch64 = await _batch64(http, batch_texts[:split], BATCH_INFLIGHT)
+            batch64_seq = await _batch64(http, batch_texts[split:], 1)
         rss_after = tree_rss_mib()
         index = {
             "dtype": store.dtype,
