@@ -241,7 +241,7 @@ class EmbedHandler:
         publishing: asyncio.Task[None] | None = None
         # two steps in flight: the lanes start the next step as each one runs out of
         # batches of the current one (an ``embed`` call ends with one lane idle while the
-        # other finishes its last batch: ~5% of a step's time, MEASURED.md)
+        # other finishes its last batch: about half a batch of four per lane, ~6%)
         running: deque[tuple[list[_Item], asyncio.Future[Matrix]]] = deque()
         try:
             while todo or running:
