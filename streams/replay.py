@@ -15,7 +15,6 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import FetchTimeoutError
@@ -23,26 +22,6 @@ from nats.js.errors import FetchTimeoutError
 from .events import Event, EventDecodeError, decode
 
 __all__ = ["Replayed", "replay", "replay_batches", "replay_raw"]
-
-
-_TIMEOUTS = (TimeoutError, FetchTimeoutError, NatsTimeoutError)
-#: How long a follow fetch that got its first message waits for the rest of a burst.
-BURST_S = 0.005
-
-
-async def _fetch(
-    sub: JetStreamContext.PullSubscription, want: int, timeout: float, eager: bool
-) -> list[Msg]:
-    """nats-py's ``fetch(n)`` waits for ``n`` messages or its whole timeout: a follower
-    that is keeping up would see each event up to ``timeout`` late. While it keeps up
-    (``eager``), ``fetch(1)`` waits for the next event and what follows within
-    ``BURST_S`` comes with it."""
-    if not eager or want == 1:
-        return await sub.fetch(want, timeout=timeout)
-    msgs = await sub.fetch(1, timeout=timeout)
-    with contextlib.suppress(*_TIMEOUTS):
-        msgs += await sub.fetch(want - 1, timeout=BURST_S)
-    return msgs
 
 
 @dataclass(frozen=True)
@@ -99,16 +78,14 @@ async def replay_batches(
     sub = await js.pull_subscribe_bind(consumer=config.name, stream=stream)
     idle = 0
     last_seen = 0
-    eager = follow  # following and the last fetch did not fill a batch: see ``_fetch``
     try:
         while True:
             if stop_event is not None and stop_event.is_set():
                 return
             want = batch if follow else min(batch, remaining)
             try:
-                msgs = await _fetch(sub, want, idle_s, eager)
-                eager = follow and len(msgs) < want
-            except _TIMEOUTS:
+                msgs = await sub.fetch(want, timeout=idle_s)
+            except (TimeoutError, FetchTimeoutError, NatsTimeoutError):
                 idle += 1
                 if idle % 5 == 0:
                     # after a server restart an ephemeral consumer is gone: this raises and

@@ -52,8 +52,6 @@ _FETCH_TIMEOUTS = (TimeoutError, FetchTimeoutError, NatsTimeoutError)
 #: Waits between attempts to bind the consumer, and after a failed fetch.
 BIND_BACKOFF = Backoff(initial=0.25, maximum=5.0)
 FETCH_BACKOFF = Backoff(initial=0.1, maximum=2.0)
-#: How long a fetch that got its first message waits for the rest of a burst.
-BURST_S = 0.005
 
 
 class Poison(EngramError):
@@ -151,7 +149,6 @@ class Worker:
         buffered: list[Msg] = []  # fetched, not started yet: kept alive by this loop
         interval = max(self.spec.ack_wait_s / 3, 0.5)
         failures = 0  # fetch errors in a row
-        eager = True  # the last fetch did not fill a batch: return on the first arrival
         self._ready.set()
         log.info("worker started", worker=self.name, stream=self.spec.stream, batch=self.batch)
         try:
@@ -177,9 +174,8 @@ class Worker:
                     self._spawn(msgs, slots)
                     continue
                 try:
-                    msgs = await self._fetch(sub, eager)
+                    msgs = await sub.fetch(self.batch, timeout=self.fetch_wait_s)
                 except _FETCH_TIMEOUTS:
-                    eager = True
                     slots.release()
                     continue
                 except Exception as exc:  # connection trouble: log, back off, keep going
@@ -191,7 +187,6 @@ class Worker:
                     await sleep_or_stop(delay, self._stopping)
                     continue
                 failures = 0
-                eager = len(msgs) < self.batch
                 if not msgs:
                     slots.release()
                     continue
@@ -205,23 +200,6 @@ class Worker:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
             log.info("worker stopped", worker=self.name, **self.stats.as_dict())
-
-    async def _fetch(self, sub: JetStreamContext.PullSubscription, eager: bool) -> list[Msg]:
-        """A batch. nats-py's ``fetch(n)`` waits for ``n`` messages or its whole timeout,
-        so while messages trickle in (the last fetch did not fill a batch) a request would
-        wait up to ``fetch_wait_s`` after it arrived and a burst would be cut at a random
-        point. Then ``fetch(1)`` waits for the first arrival and what follows within
-        ``BURST_S`` comes with it."""
-        if not eager or self.batch == 1:
-            return await sub.fetch(self.batch, timeout=self.fetch_wait_s)
-        msgs = await sub.fetch(1, timeout=self.fetch_wait_s)
-        try:
-            msgs += await sub.fetch(self.batch - 1, timeout=BURST_S)
-        except _FETCH_TIMEOUTS:
-            pass
-        except Exception as exc:  # keep what is in hand; the loop's next fetch reports it
-            self.stats.record_error(exc)
-        return msgs
 
     async def _take_late(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
         """Move what the subscription's queue holds into the caller's hands.
