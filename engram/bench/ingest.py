@@ -24,17 +24,27 @@ are never ingested. The benchmark measures, in order:
 * ``query_under_load_p99_ms``: the same queries, sequential, while another ingest (published
   as in the pipeline) keeps the embed worker busy;
 * ``batch64_docs_per_s``: ``/IngestBatch`` with 64 texts per request, each waiting until
-  its memories are stored, ``BATCH_INFLIGHT`` requests in flight (a bulk loader's client,
-  like the SDK's ``batch_ingest``); ``batch64_sequential_docs_per_s``: the same, one
-  request at a time (each request's publish, fsync, embedding and apply back to back: a
-  latency figure more than a throughput one);
+  its memories are stored, ``BATCH_INFLIGHT`` (4) requests in flight (a bulk loader's
+  client, like the SDK's ``batch_ingest``), over ``BATCH_INFLIGHT_DOCS`` texts (16
+  requests, ramp-up and drain included); ``batch64_sequential_docs_per_s``: the same, one
+  request at a time over ``BATCH_SEQUENTIAL_DOCS`` texts (each request's publish, fsync,
+  embedding and apply back to back: a latency figure more than a throughput one). Each
+  request's 64 texts are embedded on every lane (model batches of 8); with several in
+  flight the worker embeds them in arrival order a request's worth at a time, so the
+  first finishes (and its client sends the next) while the others embed;
 * ``raw_embed_sorted_docs_per_s`` (the mean of two runs: right after the pipeline, on the
   idle miner, and at the very end): the miner's own embedder (the same object the worker
   used) on every text, sorted by length over the *whole* corpus at once, the strongest
   baseline, which a streaming worker can only approach; ``raw_embed_docs_per_s`` (once
   the miner has stopped): fastembed alone (one session, every core, the pipeline's batch
   size, arrival order, on the first ``RAW_DOCS`` texts); ``pipeline_vs_sorted`` (the
-  headline) and ``pipeline_vs_raw`` are the pipeline over each.
+  headline) and ``pipeline_vs_raw`` are the pipeline over each;
+* ``pipeline_cpu_ms_per_doc`` and ``sorted_cpu_ms_per_doc``: CPU time (user + system, this
+  process and its nats-server) per text of the pipeline and of the first sorted run, and
+  ``pipeline_vs_sorted_cpu`` the second over the first: what the pipeline's own work costs
+  beside the model, a figure that other load on a shared machine moves far less than the
+  rates (on 2 idle cores, ``pipeline_vs_sorted`` cannot exceed it by much: both keep
+  both cores busy).
 """
 
 from __future__ import annotations
@@ -62,9 +72,13 @@ __all__ = ["corpus", "run", "run_index_scale", "tree_rss_mib", "wordnet_definiti
 
 #: Texts for the fastembed-alone (arrival order) baseline: it is slow and only a rate.
 RAW_DOCS = 1000
-#: Texts ingested while the under-load queries run, and through ``/IngestBatch``.
+#: Texts ingested while the under-load queries run, and through ``/IngestBatch``: 16
+#: requests with ``BATCH_INFLIGHT`` in flight (four rounds: a rate, not two rounds' ramp
+#: up and drain), then 8 one at a time.
 LOAD_DOCS = 1000
-BATCH_DOCS = 1024
+BATCH_INFLIGHT_DOCS = 1024
+BATCH_SEQUENTIAL_DOCS = 512
+BATCH_DOCS = BATCH_INFLIGHT_DOCS + BATCH_SEQUENTIAL_DOCS
 BATCH = 64
 #: ``/IngestBatch`` requests in flight for ``batch64_docs_per_s``.
 BATCH_INFLIGHT = 4
@@ -218,16 +232,46 @@ def _stage_sums(registry: Any) -> tuple[float, float, float, float]:
     return out[0], out[1], out[2], out[3]
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its live children (the embedded
+    nats-server), from ``getrusage`` and ``/proc`` (children are left out elsewhere)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    total = r.ru_utime + r.ru_stime
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    task = Path(f"/proc/{os.getpid()}/task")
+    if not task.exists():
+        return total
+    for t in task.iterdir():
+        try:
+            kids = (t / "children").read_text().split()
+        except OSError:
+            continue
+        for kid in kids:
+            try:
+                fields = Path(f"/proc/{kid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def _pct(values: list[float], q: float) -> float:
     return round(float(np.percentile(np.asarray(values), q)), 3)
 
 
-def _sorted_baseline(embedder: Any, texts: list[str], batch: int) -> float:
-    """The miner's own embedder (its lanes), length-sorted over the whole corpus."""
+def _sorted_baseline(
+    embedder: Any, texts: list[str], batch: int, cpu: list[float] | None = None
+) -> float:
+    """The miner's own embedder (its lanes), length-sorted over the whole corpus; appends
+    the CPU seconds it took (the idle miner's included) to ``cpu``."""
     embedder.embed(texts[: batch * embedder.lanes], batch)  # warm
+    c0 = cpu_seconds()
     t0 = time.perf_counter()
     embedder.embed(texts, batch)
-    return len(texts) / (time.perf_counter() - t0)
+    rate = len(texts) / (time.perf_counter() - t0)
+    if cpu is not None:
+        cpu.append(cpu_seconds() - c0)
+    return rate
 
 
 def _raw_baseline(plain: Any, texts: list[str], batch: int) -> float:
@@ -346,12 +390,15 @@ async def _run(docs: int, queries: int, data_dir: Path, source: str) -> dict[str
         assert node.axon.embedder is embedder  # one model for queries and batches
 
         # --- the pipeline: publish → queryable ---------------------------------------------
+        cpu0 = cpu_seconds()
         pipeline_s = await _publish_and_wait(node, corpus_texts)
+        pipeline_cpu = cpu_seconds() - cpu0
         pipeline = docs / pipeline_s
         embed_s = node.handler.embed_seconds
         # the strongest baseline right after, on the now idle miner: the same model object
+        sorted_cpu: list[float] = []
         raw_sorted = await asyncio.to_thread(
-            _sorted_baseline, embedder, corpus_texts, settings.embed_batch
+            _sorted_baseline, embedder, corpus_texts, settings.embed_batch, sorted_cpu
         )
 
         # --- recall: HNSW vs exact over the same stored vectors -----------------------------
@@ -379,9 +426,9 @@ async def _run(docs: int, queries: int, data_dir: Path, source: str) -> dict[str
             stages1 = _stage_sums(node.axon.registry)
             stages = [b - a for a, b in zip(stages0, stages1, strict=True)]
             loaded_ms = await _queries_under_load(node, http, load_texts, query_texts)
-            half = len(batch_texts) // 2
-            batch64 = await _batch64(http, batch_texts[:half], BATCH_INFLIGHT)
-            batch64_seq = await _batch64(http, batch_texts[half:], 1)
+            split = BATCH_INFLIGHT_DOCS
+            batch64 = await _batch64(http, batch_texts[:split], BATCH_INFLIGHT)
+            batch64_seq = await _batch64(http, batch_texts[split:], 1)
         rss_after = tree_rss_mib()
         index = {
             "dtype": store.dtype,
@@ -427,6 +474,9 @@ async def _run(docs: int, queries: int, data_dir: Path, source: str) -> dict[str
         "pipeline_redelivered": redelivered,
         "pipeline_vs_raw": round(pipeline / raw, 3),
         "pipeline_vs_sorted": round(pipeline / raw_sorted, 3),
+        "pipeline_cpu_ms_per_doc": round(1000 * pipeline_cpu / docs, 3),
+        "sorted_cpu_ms_per_doc": round(1000 * sorted_cpu[0] / docs, 3),
+        "pipeline_vs_sorted_cpu": round(sorted_cpu[0] / pipeline_cpu, 3),
         "batch64_docs_per_s": round(batch64, 1),
         "batch64_vs_pipeline": round(batch64 / pipeline, 3),
         "batch64_inflight": BATCH_INFLIGHT,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import structlog
@@ -45,6 +46,15 @@ TRIM_INTERVAL_S = 1.0
 #: embedding the first of them alone left the rest for a second, half-empty window.
 LINGER_GAP_S = 0.003
 LINGER_MAX_S = 0.02
+#: A window of at most one step is embedded in arrival (stream) order, this many model
+#: batches per lane at a time, rather than as one length-sorted step: the requests that
+#: came first are published (and stored) while the rest embeds, so their clients send
+#: more while the model still works. As one step, the ``/IngestBatch`` requests of a window
+#: all finished together and the model idled while their clients sent the next ones
+#: (64 texts per request, 4 in flight: 0.57x the pipeline's rate).
+PART_BATCHES_PER_LANE = 1
+#: Steps handed to the lanes at once (see ``_embed_window``).
+EMBED_AHEAD = 2
 
 EMBED_CONSUMER = ConsumerSpec(
     "embedder",
@@ -56,14 +66,40 @@ EMBED_CONSUMER = ConsumerSpec(
 )
 
 
-def _fail(group: list[tuple[list[Delivery], asyncio.Future[None]]], exc: BaseException) -> None:
-    for _, fut in group:
+@dataclass(eq=False)
+class _Part:
+    """One handler call's deliveries inside a window: its future is settled (and the runner
+    acks them) as soon as all of them are published, not when the whole window is."""
+
+    left: int
+    done: asyncio.Future[None]
+
+    def settle(self, n: int = 1) -> None:
+        self.left -= n
+        if self.left <= 0 and not self.done.done():
+            self.done.set_result(None)
+
+
+_Item = tuple[Delivery, _Part]
+
+
+def _fail(group: list[_Part], exc: BaseException) -> None:
+    for part in group:
+        fut = part.done
         if fut.done():
             continue
         if isinstance(exc, asyncio.CancelledError):
             fut.cancel()
         else:
             fut.set_exception(exc)
+
+
+def _text_len(item: _Item) -> int:
+    return len(item[0].event.text)  # type: ignore[attr-defined]
+
+
+def _arrival(item: _Item) -> int:
+    return item[0].stream_seq
 
 
 @dataclass
@@ -74,9 +110,13 @@ class EmbedHandler:
     embedded: int = 0
     rejected: int = 0
     embed_seconds: float = 0.0
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _embedding: bool = False  # a window is on the CPU (one at a time)
+    _window_over: asyncio.Event = field(default_factory=asyncio.Event)
     _waiting: list[tuple[list[Delivery], asyncio.Future[None]]] = field(default_factory=list)
     _last_trim: float = 0.0
+    _behind: int = 0  # messages the server held back for this consumer at the last fetch
+    _embeds: int = 0  # steps on the lanes now
+    _busy_since: float = 0.0
 
     def _reason(self, ev: object) -> str | None:
         if not isinstance(ev, IngestRequested):
@@ -123,28 +163,50 @@ class EmbedHandler:
             await self._reject(refused)
         if not good:
             return
+        # the server's count of messages still waiting for this consumer: more of a burst
+        # is on its way (see ``_linger``)
+        self._behind = good[-1].msg.metadata.num_pending or 0
         # Batches that arrive while the model is busy wait in ``_waiting``; whichever call
         # gets the model next embeds all of them as one window, taking in batches that
         # arrive meanwhile too (a burst that came as many small fetches is still sorted
-        # together), and settles the others' futures.
+        # together), and settles each call's future once its deliveries are published.
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((good, done))
-        group: list[tuple[list[Delivery], asyncio.Future[None]]] = []
+        while not done.done():
+            if self._embedding:  # the running window takes ours in, or we run the next
+                over = asyncio.ensure_future(self._window_over.wait())
+                try:
+                    await asyncio.wait((done, over), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    over.cancel()
+                continue
+            if self._waiting:
+                await self._run_window()
+            else:  # ours is in the last publish of a window that has left the CPU
+                await asyncio.wait((done,))
+        await done  # raises → this batch is retried
+
+    async def _run_window(self) -> None:
+        """Embed one window (one at a time on the CPU) and settle its calls' futures."""
+        group: list[_Part] = []
         last: asyncio.Task[None] | None = None
+        self._embedding = True
+        self._window_over.clear()
         try:
-            async with self._lock:  # one window on the CPU at a time
-                if self._waiting:
-                    last = await self._embed_window(group)
+            try:
+                last = await self._embed_window(group)
+            finally:
+                self._embedding = False
+                self._window_over.set()
             if last is not None:  # the last step publishes while the next window embeds
                 await last
                 await self._maybe_trim()
         except BaseException as exc:
             _fail(group, exc)
             raise
-        for _, fut in group:
-            if not fut.done():
-                fut.set_result(None)
-        await done  # raises → this batch is retried
+        for part in group:
+            if not part.done.done():
+                part.done.set_result(None)
 
     async def _maybe_trim(self) -> None:
         now = time.monotonic()
@@ -152,60 +214,94 @@ class EmbedHandler:
             self._last_trim = now
             await asyncio.to_thread(trim_memory)
 
-    def _take_waiting(
-        self, group: list[tuple[list[Delivery], asyncio.Future[None]]]
-    ) -> list[Delivery]:
+    def _take_waiting(self, group: list[_Part]) -> list[_Item]:
         taken, self._waiting = self._waiting, []
-        group.extend(taken)
-        return [d for g, _ in taken for d in g]
+        items: list[_Item] = []
+        for g, fut in taken:
+            part = _Part(len(g), fut)
+            group.append(part)
+            items.extend((d, part) for d in g)
+        return items
 
-    async def _embed_window(
-        self, group: list[tuple[list[Delivery], asyncio.Future[None]]]
-    ) -> asyncio.Task[None] | None:
-        """Sort the window by length, embed it a step at a time and publish each step while
-        the next is embedded (MEASURED.md: padding to the longest text in a model batch
-        dominates the cost). Returns the publish of the last step, still running."""
+    async def _embed_window(self, group: list[_Part]) -> asyncio.Task[None] | None:
+        """Embed the window a step at a time and publish each step while the next is
+        embedded. A window bigger than a step is sorted by length (MEASURED.md: padding
+        to the longest text in a model batch dominates the cost); a smaller one goes in
+        arrival order, in parts (``PART_BATCHES_PER_LANE``), so that its first requests
+        finish first. Returns the publish of the last step, still running."""
         bs = max(self.embedder.batch_size, 1)
+        lanes = self.embedder.lanes
         # a few model batches per lane per step: the embedder keeps the configured batch
         # size for a step this big (split_batch_size) and cuts only a smaller window finer
-        step = bs * self.embedder.lanes * BATCHES_PER_LANE
+        step = bs * lanes * BATCHES_PER_LANE
+        part = bs * lanes * PART_BATCHES_PER_LANE
         await self._linger(step)
         todo = self._take_waiting(group)
         size = len(todo)
         publishing: asyncio.Task[None] | None = None
+        # two steps in flight: the lanes start the next step as each one runs out of
+        # batches of the current one (an ``embed`` call ends with one lane idle while the
+        # other finishes its last batch: about half a batch of four per lane, ~6%)
+        running: deque[tuple[list[_Item], asyncio.Future[Matrix]]] = deque()
         try:
-            while todo:
-                if self._waiting and size < MAX_WINDOW:  # bounded: long texts are not starved
-                    more = self._take_waiting(group)
-                    todo.extend(more)
-                    size += len(more)
-                todo.sort(key=lambda d: len(d.event.text))  # type: ignore[attr-defined]
-                chunk, todo = todo[:step], todo[step:]
-                texts = [d.event.text for d in chunk]  # type: ignore[attr-defined]
-                t0 = time.perf_counter()
-                matrix = await asyncio.to_thread(self.embedder.embed, texts, bs)
-                self.embed_seconds += time.perf_counter() - t0
+            while todo or running:
+                while todo and len(running) < EMBED_AHEAD:
+                    if self._waiting and size < MAX_WINDOW:  # bounded: long texts not starved
+                        more = self._take_waiting(group)
+                        todo.extend(more)
+                        size += len(more)
+                    if len(todo) > step:
+                        todo.sort(key=_text_len)
+                        chunk, todo = todo[:step], todo[step:]
+                    else:
+                        todo.sort(key=_arrival)
+                        chunk, todo = todo[:part], todo[part:]
+                    texts = [d.event.text for d, _ in chunk]  # type: ignore[attr-defined]
+                    running.append((chunk, self._embed(texts, bs)))
+                chunk, embedding = running.popleft()
+                matrix = await embedding
                 if publishing is not None:
                     await publishing  # raises → the window is retried
                 publishing = asyncio.create_task(self._publish(chunk, matrix))
         except BaseException:
             if publishing is not None and not publishing.done():
                 publishing.cancel()
+            for _, embedding in running:
+                embedding.cancel()
             raise
         return publishing
 
+    def _embed(self, texts: list[str], bs: int) -> asyncio.Future[Matrix]:
+        """Start embedding ``texts`` on the lanes; ``embed_seconds`` counts the time at
+        least one step was embedding."""
+        if self._embeds == 0:
+            self._busy_since = time.perf_counter()
+        self._embeds += 1
+        fut = asyncio.ensure_future(asyncio.to_thread(self.embedder.embed, texts, bs))
+
+        def done(_: object) -> None:
+            self._embeds -= 1
+            if self._embeds == 0:
+                self.embed_seconds += time.perf_counter() - self._busy_since
+
+        fut.add_done_callback(done)
+        return fut
+
     async def _linger(self, step: int) -> None:
-        """Wait (briefly) while requests keep arriving and the window is under a step."""
+        """Wait (briefly) while the window is under a step and requests keep arriving, or
+        the server says more are waiting (a client's batch committed at once reaches the
+        worker as a few fetches a few milliseconds apart)."""
         deadline = time.monotonic() + LINGER_MAX_S
         seen = sum(len(g) for g, _ in self._waiting)
         while seen < step and time.monotonic() < deadline:
             await asyncio.sleep(LINGER_GAP_S)
             now = sum(len(g) for g, _ in self._waiting)
-            if now == seen:
+            if now == seen and not self._behind:
                 return
             seen = now
 
-    async def _publish(self, chunk: list[Delivery], matrix: Matrix) -> None:
+    async def _publish(self, items: list[_Item], matrix: Matrix) -> None:
+        chunk = [d for d, _ in items]
         reqs: list[IngestRequested] = [d.event for d in chunk]  # type: ignore[misc]
         mv = self.embedder.model_version
         try:
@@ -241,6 +337,8 @@ class EmbedHandler:
         ]
         await self.publisher.publish_many(events)  # raises → the window is retried
         self.embedded += len(events)
+        for _, part in items:  # a handler call whose deliveries are all out is done
+            part.settle()
 
 
 def make_embed_worker(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import aiohttp
@@ -42,3 +43,30 @@ async def test_an_ingest_batch_of_64_runs_on_every_lane(
     done = [a - b for a, b in zip(emb.lane_texts, before, strict=True)]
     assert sum(done) == 64
     assert all(d > 0 for d in done), done  # every core embedded part of the one request
+
+
+async def test_requests_sharing_a_window_finish_one_by_one(
+    node: MinerNode, http: aiohttp.ClientSession
+):
+    """Four 64-text /IngestBatch requests in flight land in one window; the worker embeds
+    it a request's worth at a time in arrival order, so the first request is stored (and
+    its client may send the next) while the others still embed, instead of all four
+    finishing together when the whole window is done."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    finished: list[float] = []
+
+    async def one(k: int) -> None:
+        items = [
+            {"text": f"request {k} item {i}: {'a rather long text ' * (i % 5)}"} for i in range(64)
+        ]
+        async with http.post("/IngestBatch", json={"items": items, "timeout_s": 60}) as r:
+            body = await r.json()
+        assert r.status == 200, body
+        assert all(x["status"] == "stored" for x in body["results"])
+        finished.append(loop.time() - t0)
+
+    await asyncio.gather(*(one(k) for k in range(4)))
+    finished.sort()
+    # lockstep would finish all four within a few milliseconds of each other
+    assert finished[0] < 0.75 * finished[-1], finished
