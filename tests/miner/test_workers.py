@@ -68,5 +68,6 @@ async def test_requests_sharing_a_window_finish_one_by_one(
 
     await asyncio.gather(*(one(k) for k in range(4)))
     finished.sort()
-    # lockstep would finish all four within a few milliseconds of each other
-    assert finished[0] < 0.75 * finished[-1], finished
+    # lockstep finished all four within a millisecond (1.5525 s and 1.5531 s on the old
+    # code); now they finish in turns (two at a time, as the model runs two steps at once)
+    assert finished[-1] - finished[0] > 0.1 * finished[-1], finished
