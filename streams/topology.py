@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
 
-from .errors import EngramError
+from .errors import EngramError, Unavailable
+from .retry import retry
 
 __all__ = [
     "CONSUMERS",
@@ -20,6 +24,9 @@ __all__ = [
     "ensure_consumer",
     "stream_for",
 ]
+
+
+T = TypeVar("T")
 
 
 class TopologyError(EngramError):
@@ -228,7 +235,7 @@ async def ensure(
             info = await js.stream_info(spec.name)
         except NotFoundError:
             try:
-                await js.add_stream(want)
+                await _placed(functools.partial(js.add_stream, want), spec.name)
                 outcome[spec.name] = "created"
                 continue
             except APIError as exc:  # raced with another process creating it
@@ -237,13 +244,47 @@ async def ensure(
                 info = await js.stream_info(spec.name)
         if _differs(want, info.config):
             try:
-                await js.update_stream(want)
+                await _placed(functools.partial(js.update_stream, want), spec.name)
             except APIError as exc:
                 raise _refused(spec.name, replicas, info.config.num_replicas, exc) from exc
             outcome[spec.name] = "updated"
         else:
             outcome[spec.name] = "ok"
     return outcome
+
+
+#: how long a create or update waits for a cluster that is still forming (err 10005)
+PLACEMENT_WAIT_S = 30.0
+
+
+class _PeersForming(Unavailable):
+    """The meta layer does not see enough peers online yet (nodes starting together)."""
+
+
+async def _placed(call: Callable[[], Awaitable[T]], name: str) -> T:
+    """``call`` (a stream create or update), retried with backoff for up to
+    :data:`PLACEMENT_WAIT_S` while the server answers "no suitable peers for placement"
+    (err 10005): a node that starts with its peers must not fail because one of them has
+    not been seen yet. Any other refusal, or the last one, is raised as the server's."""
+
+    async def attempt() -> T:
+        try:
+            return await call()
+        except APIError as exc:
+            if exc.err_code == 10005:
+                raise _PeersForming(str(exc)) from exc
+            raise
+
+    try:
+        return await retry(
+            attempt,
+            what=f"placing stream {name}",
+            retry_on=(_PeersForming,),
+            deadline_s=PLACEMENT_WAIT_S,
+        )
+    except _PeersForming as exc:
+        assert isinstance(exc.__cause__, APIError)
+        raise exc.__cause__ from None
 
 
 async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec, replicas: int = 1) -> None:
