@@ -714,9 +714,12 @@ class TrainingRequested(Event, frozen=True, kw_only=True, tag="TrainingRequested
     base_model: str
     base_engine: str = ""
     base_path: str = ""
+    #: 0 for the job's first request; n for the request made after its n-th final failure
+    #: (a retry asked for: its own message id, so the duplicate window does not drop it)
+    retry: int = 0
 
     def msg_id(self) -> str:
-        return f"train:{self.job_id}"
+        return f"train:{self.job_id}" + (f":retry-{self.retry}" if self.retry else "")
 
 
 class TrainingFinished(Event, frozen=True, kw_only=True, tag="TrainingFinished"):
@@ -750,8 +753,10 @@ class TrainingFailed(Event, frozen=True, kw_only=True, tag="TrainingFailed"):
     attempt: int = 1
     final: bool = False  # no retry follows (a job the backend can never do, or the last)
 
+    retry: int = 0  # the request's ``retry`` round
+
     def msg_id(self) -> str:
-        return f"train-failed:{self.job_id}:{self.attempt}"
+        return f"train-failed:{self.job_id}:{self.retry}:{self.attempt}"
 
 
 BRAIN_EVENTS: tuple[type[Event], ...] = (

@@ -40,6 +40,8 @@ T = TypeVar("T")
 REFUSED = frozenset({400, 401, 403, 404, 413, 422})
 #: the metadata key naming the Engram job a fine-tuning job belongs to
 JOB_KEY = "engram_job"
+#: remote job states a retry does not resume
+_DEAD = frozenset({"failed", "cancelled"})
 #: rough share of the wall time per status before the job reports steps
 STAGE_FRACTION = {"validating_files": 0.02, "queued": 0.05, "running": 0.1}
 
@@ -141,9 +143,12 @@ class OpenAIFineTuneTrainer(Trainer):
             return await self._poll(client, ft.id, job, report)
 
     async def _find_job(self, client: AsyncOpenAI, job_id: str) -> Any:
+        """The remote job made for ``job_id`` that is still running or has succeeded (a
+        redelivery resumes it); a failed or cancelled one is never resumed: a retry makes a
+        new job."""
         seen = 0
         async for ft in client.fine_tuning.jobs.list(metadata={JOB_KEY: job_id}, limit=20):
-            if (ft.metadata or {}).get(JOB_KEY) == job_id:
+            if (ft.metadata or {}).get(JOB_KEY) == job_id and ft.status not in _DEAD:
                 return ft
             seen += 1
             if seen >= 100:  # a server ignoring the filter: do not page through everything

@@ -33,10 +33,6 @@ from streams.events import (
     Event,
     FeedbackGiven,
     IngestRequested,
-    ModelSwapped,
-    TrainingFailed,
-    TrainingFinished,
-    TrainingRequested,
 )
 from streams.replay import replay_batches
 
@@ -44,6 +40,7 @@ from .builtin import BRAIN_CALLER, namespace_of
 from .engines import Chunk, build_engine
 from .openapi import openapi
 from .service import Brain, ChatRequest, Prepared
+from .training import job_history
 from .wallet import AuthError, BalanceChecker, LocalBalance, Sessions, SolanaRpcBalance
 
 __all__ = ["make_app"]
@@ -360,7 +357,7 @@ class BrainAPI:
             if have < s.brain_min_balance:
                 return _err(402, f"training needs a balance of {s.brain_min_balance}; {have}")
         exported = await export_dataset(self.brain)
-        job = self.brain.training_request(exported)
+        job, published = await self.brain.request_training(exported)
         body = {**_dataset_json(exported), "trainer": None, "job": None}
         if job is None:
             body["note"] = (
@@ -369,8 +366,10 @@ class BrainAPI:
                 else "the dataset has no example: nothing to train"
             )
             return web.json_response(body)
-        await self.brain.publish(job)
         body.update(trainer=job.trainer, job=await training_status(self.brain, job.job_id))
+        if not published:  # the job, not a second one
+            body["note"] = "this dataset was trained already on this base model"
+            return web.json_response(body)
         return web.json_response(body, status=202)
 
     async def train_status(self, request: web.Request) -> web.Response:
@@ -638,49 +637,37 @@ async def training_status(brain: Brain, job_id: str) -> dict[str, Any] | None:
     """A job's state from its events (requested, failed attempts, finished, swapped in),
     with the live stage and progress when this process runs it."""
     assert brain.bus is not None
-    status: dict[str, Any] | None = None
-    async for items in replay_batches(
-        brain.bus.js,
-        "BRAIN",
-        subjects=[
-            TrainingRequested.SUBJECT,
-            TrainingFailed.SUBJECT,
-            TrainingFinished.SUBJECT,
-            ModelSwapped.SUBJECT,
-        ],
-        idle_s=0.3,
-    ):
-        for item in items:
-            ev = item.event
-            if getattr(ev, "job_id", None) != job_id:
-                continue
-            if isinstance(ev, TrainingRequested):
-                status = {
-                    "job_id": job_id,
-                    "status": "queued",
-                    "trainer": ev.trainer,
-                    "dataset": {"version": ev.dataset_version, "sha256": ev.dataset_sha256},
-                    "base_model": ev.base_model,
-                    "failures": [],
-                }
-            elif status is None:
-                continue
-            elif isinstance(ev, TrainingFailed):
-                status["failures"].append({"attempt": ev.attempt, "error": ev.error})
-                status["status"] = "failed" if ev.final else "retrying"
-            elif isinstance(ev, TrainingFinished):
-                status.update(
-                    status="trained",
-                    model=ev.model,
-                    engine=ev.engine,
-                    adapter=ev.adapter,
-                    adapter_sha256=ev.adapter_sha256,
-                    metrics=ev.metrics,
-                )
-            elif isinstance(ev, ModelSwapped):
-                status["status"] = "swapped_in"
+    history = await job_history(brain.bus.js, job_id)
+    ev = history.requested
+    if ev is None:
+        return None
+    status: dict[str, Any] = {
+        "job_id": job_id,
+        "status": "queued",
+        "trainer": ev.trainer,
+        "dataset": {"version": ev.dataset_version, "sha256": ev.dataset_sha256},
+        "base_model": ev.base_model,
+        "failures": [{"attempt": f.attempt, "error": f.error} for f in history.failures],
+    }
+    if history.failed:
+        status["status"] = "failed"
+    elif history.failures and history.failures[-1].retry == history.final_failures:
+        status["status"] = "retrying"  # a failed attempt of the round now running
+    if (done := history.finished) is not None:
+        status.update(
+            status="swapped_in" if history.swapped else "trained",
+            model=done.model,
+            engine=done.engine,
+            adapter=done.adapter,
+            adapter_sha256=done.adapter_sha256,
+            metrics=done.metrics,
+        )
     live = brain.jobs.get(job_id)
-    if status is not None and live is not None and status["status"] in ("queued", "retrying"):
+    if (
+        live is not None
+        and status["status"] in ("queued", "retrying")
+        and live.get("retry", 0) == history.final_failures  # this round's, not the last's
+    ):
         status.update(
             status=live.get("status", status["status"]),
             stage=live.get("stage", ""),

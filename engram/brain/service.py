@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 
 from engram.bus import Bus, open_bus
@@ -47,7 +48,7 @@ from .builtin import namespace_of
 from .engines import Chunk, Engine, EngineHolder, approx_tokens, build_engine, packaged_gguf
 from .judge import close_judge
 from .recall import Hit, RecallIndex
-from .training import Progress, Trainer, build_trainer, job_id_for
+from .training import Progress, Trainer, build_trainer, job_history, job_id_for
 
 __all__ = ["Brain", "ChatRequest", "Prepared"]
 
@@ -113,6 +114,10 @@ class Brain:
         self.trainer: Trainer | None = build_trainer(settings)
         #: training jobs run by this process: job id → status, stage, progress, attempts
         self.jobs: dict[str, dict[str, Any]] = {}
+        #: the untrained model under the current one (name, engine kind, path): what the
+        #: next training job trains (a dataset holds every correction so far, so a job
+        #: starts from the base, never from an earlier job's result)
+        self.base: tuple[str, str, str] = ("", "", "")
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -131,6 +136,7 @@ class Brain:
                 trained.engine, trained.path, trained.model, trained.adapter
             )
             log.info("trained model restored", model=trained.model, job=trained.job_id)
+            self.base = await self._job_base(trained.job_id) or self.base
         if engine is None:
             engine = await asyncio.to_thread(
                 build_engine,
@@ -142,6 +148,8 @@ class Brain:
                 context_tokens=s.brain_context_tokens,
             )
         self.holder = EngineHolder(engine)
+        if trained is None:
+            self.base = _engine_key(engine)
         if self._embed_worker:
             worker, _ = make_embed_worker(
                 self.bus.js,
@@ -396,6 +404,8 @@ class Brain:
     async def swap(self, engine: Engine, *, job_id: str = "") -> ModelSwapped:
         assert self.holder is not None
         old = await self.holder.swap(engine)
+        if not job_id:  # another base (an operator's swap); a trained one keeps its base
+            self.base = _engine_key(engine)
         adapter = getattr(engine, "adapter", None)
         event = ModelSwapped(
             model=engine.name,
@@ -416,23 +426,48 @@ class Brain:
         model (None without a trainer or without examples)."""
         if self.trainer is None or not dataset.examples:
             return None
-        assert self.holder is not None
-        engine = self.holder.current
-        base_path = str(getattr(engine, "path", ""))
+        name, kind, base_path = self.base
         return TrainingRequested(
             causation_id=dataset.event_id,
-            job_id=job_id_for(self.trainer.name, dataset.sha256, engine.name, base_path),
+            job_id=job_id_for(self.trainer.name, dataset.sha256, name, base_path),
             trainer=self.trainer.name,
             dataset_path=dataset.path,
             dataset_sha256=dataset.sha256,
             dataset_version=dataset.version,
-            base_model=engine.name,
-            base_engine=engine.kind,
+            base_model=name,
+            base_engine=kind,
             base_path=base_path,
         )
 
-    def training_attempt(self, job_id: str) -> int:
+    async def _job_base(self, job_id: str) -> tuple[str, str, str] | None:
+        """The base a training job trained, from its request on the bus."""
+        assert self.bus is not None
+        req = (await job_history(self.bus.js, job_id)).requested
+        return None if req is None else (req.base_model, req.base_engine, req.base_path)
+
+    async def request_training(
+        self, dataset: DatasetExported
+    ) -> tuple[TrainingRequested | None, bool]:
+        """Request the job that trains ``dataset`` (see :meth:`training_request`) and say
+        whether it was published: a job already trained is not requested again; one whose
+        last word is a final failure is requested for another round."""
+        job = self.training_request(dataset)
+        if job is None:
+            return None, False
+        assert self.bus is not None
+        history = await job_history(self.bus.js, job.job_id)
+        if history.finished is not None:
+            return job, False
+        if history.failed:
+            job = msgspec.structs.replace(job, retry=history.final_failures)
+        await self.publish(job)
+        return job, True
+
+    def training_attempt(self, job_id: str, retry: int = 0) -> int:
+        """The attempt number (from 1) of this retry round of the job, now running."""
         job = self.jobs.setdefault(job_id, {"attempts": 0})
+        if job.get("retry", 0) != retry:
+            job.update(retry=retry, attempts=0)
         job.update(status="running", stage="starting", progress=0.0, error="")
         job["attempts"] += 1
         return int(job["attempts"])
@@ -466,7 +501,9 @@ class Brain:
     async def swap_trained(self, done: TrainingFinished) -> ModelSwapped:
         """Load what a job trained and swap it in (no restart, no dropped request)."""
         engine = await self._trained_engine(done.engine, done.base_path, done.model, done.adapter)
+        base = await self._job_base(done.job_id)
         event = await self.swap(engine, job_id=done.job_id)
+        self.base = base or self.base
         self.jobs.setdefault(done.job_id, {"attempts": 0}).update(
             status="finished", stage="swapped in", progress=1.0, model=done.model
         )
@@ -500,6 +537,10 @@ class Brain:
                 continue
             total += int(ci.num_pending or 0) + int(ci.num_ack_pending or 0)
         return total
+
+
+def _engine_key(engine: Engine) -> tuple[str, str, str]:
+    return (engine.name, engine.kind, str(getattr(engine, "path", "")))
 
 
 def _memory_line(hit: Hit) -> str:

@@ -16,12 +16,17 @@ Backends, one interface (:class:`Trainer`):
   engine.
 
 The job id derives from the dataset's hash and the base model, so a request redelivered or
-sent twice trains once (``TrainingRequested`` and ``TrainingFinished`` have message ids).
+sent twice trains once: ``TrainingRequested`` and ``TrainingFinished`` have message ids
+(JetStream drops a copy inside its duplicate window), and past that window the job's own
+events say it is done (:func:`job_history`): the trainer does not train a finished job
+again, it only swaps in what it trained if that never happened, and ``POST
+/api/llm/train`` answers 200 with the job instead of requesting it again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,17 +35,20 @@ from typing import Any
 
 import structlog
 
-from engram.config import Settings
+from engram.config import ConfigError, Settings
 from streams.errors import InputError
-from streams.events import TrainingFailed, TrainingFinished, TrainingRequested
+from streams.events import ModelSwapped, TrainingFailed, TrainingFinished, TrainingRequested
+from streams.replay import replay_batches
 
 from .agents import AgentContext, agent
 
 __all__ = [
+    "JobHistory",
     "TrainJob",
     "TrainResult",
     "Trainer",
     "build_trainer",
+    "job_history",
     "job_id_for",
     "trainer_agent",
 ]
@@ -106,8 +114,21 @@ def job_id_for(trainer: str, dataset_sha256: str, base_model: str, base_path: st
     return f"train-{hashlib.sha256(key).hexdigest()[:16]}"
 
 
+#: the packages each backend needs, and the extra that installs them
+_NEEDS = {"lora": (("jax", "gguf"), "lora"), "openai": (("openai",), "brain")}
+
+
 def build_trainer(settings: Settings) -> Trainer | None:
-    """The configured backend (``brain_trainer``), or None for ``none``."""
+    """The configured backend (``brain_trainer``), or None for ``none``; a backend whose
+    packages are missing is a :class:`ConfigError` naming the extra, at start."""
+    needs = _NEEDS.get(settings.brain_trainer)
+    if needs is not None:
+        missing = [m for m in needs[0] if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(
+                f"brain_trainer = {settings.brain_trainer!r} needs {', '.join(missing)}: "
+                f"pip install 'engram[{needs[1]}]'"
+            )
     if settings.brain_trainer == "lora":
         from .lora import LoraTrainer
 
@@ -120,6 +141,54 @@ def build_trainer(settings: Settings) -> Trainer | None:
     return None
 
 
+@dataclass
+class JobHistory:
+    """What the bus holds of one training job."""
+
+    requested: TrainingRequested | None = None  # the first request
+    failures: list[TrainingFailed] = field(default_factory=list)
+    finished: TrainingFinished | None = None
+    swapped: bool = False
+    #: final failures so far (the next retry round's number)
+    final_failures: int = 0
+    #: the last word is a final failure (no request came after it)
+    failed: bool = False
+
+
+async def job_history(js: Any, job_id: str) -> JobHistory:
+    """Replay the job's events (``TrainingRequested``/``Failed``/``Finished`` and the
+    ``ModelSwapped`` naming it) from the BRAIN stream."""
+    history = JobHistory()
+    async for items in replay_batches(
+        js,
+        "BRAIN",
+        subjects=[
+            TrainingRequested.SUBJECT,
+            TrainingFailed.SUBJECT,
+            TrainingFinished.SUBJECT,
+            ModelSwapped.SUBJECT,
+        ],
+        idle_s=0.3,
+    ):
+        for item in items:
+            ev = item.event
+            if getattr(ev, "job_id", None) != job_id:
+                continue
+            if isinstance(ev, TrainingRequested):
+                history.requested = history.requested or ev
+                history.failed = False
+            elif isinstance(ev, TrainingFailed):
+                history.failures.append(ev)
+                if ev.final:
+                    history.final_failures += 1
+                    history.failed = True
+            elif isinstance(ev, TrainingFinished):
+                history.finished = history.finished or ev
+            elif isinstance(ev, ModelSwapped):
+                history.swapped = True
+    return history
+
+
 @agent(on=TrainingRequested, name="trainer", builtin=True)
 async def trainer_agent(event: TrainingRequested, ctx: AgentContext) -> None:
     """Run the job with the brain's backend, publish the result, swap it in."""
@@ -129,8 +198,14 @@ async def trainer_agent(event: TrainingRequested, ctx: AgentContext) -> None:
     trainer: Trainer = brain.trainer
     if trainer.name != event.trainer:
         raise InputError(f"{event.job_id}: asks for trainer {event.trainer!r}, not {trainer.name}")
+    history = await job_history(brain.bus.js, event.job_id)
+    if history.finished is not None:  # a redelivery, or a request past the duplicate window
+        log.info("already trained", job=event.job_id, model=history.finished.model)
+        if not history.swapped:  # stopped between the two: swap it in now
+            await brain.swap_trained(history.finished)
+        return
     job = TrainJob.from_event(event, brain.settings.data_path)
-    attempt = brain.training_attempt(event.job_id)
+    attempt = brain.training_attempt(event.job_id, event.retry)
     log.info("training", job=event.job_id, trainer=trainer.name, attempt=attempt)
     try:
         result = await trainer.train(job, brain.training_progress(event.job_id))
@@ -143,6 +218,7 @@ async def trainer_agent(event: TrainingRequested, ctx: AgentContext) -> None:
                 trainer=trainer.name,
                 error=repr(exc)[:2000],
                 attempt=attempt,
+                retry=event.retry,
                 final=isinstance(exc, InputError) or attempt >= brain.settings.worker_max_deliver,
             )
         )

@@ -200,7 +200,7 @@ async def _train(brain: Any) -> None:
     with _stderr.status("exporting the corrections..."):
         await brain.settle(timeout=60)  # the feedback just given is in the log
         exported = await export_dataset(brain)
-    job = brain.training_request(exported)
+    job, published = await brain.request_training(exported)
     if job is None:
         why = (
             "no trainer is configured (ENGRAM_BRAIN_TRAINER=lora trains here)"
@@ -209,7 +209,9 @@ async def _train(brain: Any) -> None:
         )
         _stderr.print(f"dataset v{exported.version} ({exported.examples} examples); {why}")
         return
-    await brain.publish(job)
+    if not published:
+        _stderr.print(f"dataset v{exported.version} was trained already ({job.job_id})")
+        return
     status: dict[str, Any] = {}
     with _stderr.status(f"training {job.job_id}...") as shown:
         while status.get("status") not in ("swapped_in", "failed"):

@@ -138,12 +138,15 @@ async def test_refusals_are_input_errors_and_failures_are_retried(
         failing = make_job(tmp_path, [example("Hey", "Hey there.")], "train-00000000000000b3")
         with pytest.raises(FineTuneError, match="GPU caught fire"):
             await hosted.trainer().train(failing)
-        jobs = hosted.fake.created_jobs
+        jobs, files = hosted.fake.created_jobs, len(hosted.fake.files)
         with pytest.raises(FineTuneError, match="GPU caught fire"):
-            await hosted.trainer().train(failing)  # the retry resumes the failed job
-        assert hosted.fake.created_jobs == jobs
+            await hosted.trainer().train(failing)  # a retry: a new job, not the failed one
+        assert hosted.fake.created_jobs == jobs + 1
+        assert len(hosted.fake.files) == files  # the uploaded dataset is used again
     finally:
         hosted.fake.fail_jobs = ""
+    # once the API works again, the next retry trains
+    assert (await hosted.trainer().train(failing)).model.endswith("train-00000000000000b3")
 
     with pytest.raises(InputError, match="http"):
         OpenAIFineTuneTrainer("ftp://nowhere")
@@ -179,3 +182,14 @@ async def test_the_trainer_comes_from_the_settings() -> None:
     with pytest.raises(ConfigError, match="poll"):
         Settings(brain_finetune_poll_s=0)
     assert check_dataset(b'{"messages": [{"role": "assistant", "content": "x"}]}\n') == 1
+
+
+def test_a_trainer_without_its_packages_is_a_config_error_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from engram.brain import training
+
+    # a backend needing a package this venv lacks (the lora extra not installed, say)
+    monkeypatch.setitem(training._NEEDS, "lora", (("jax", "engram_not_installed"), "lora"))
+    with pytest.raises(ConfigError, match=r"engram_not_installed: pip install 'engram\[lora\]'"):
+        build_trainer(Settings(brain_trainer="lora"))

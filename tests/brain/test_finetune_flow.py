@@ -24,7 +24,9 @@ from streams.events import (
     ModelSwapped,
     TrainingFailed,
     TrainingFinished,
+    TrainingRequested,
     decode,
+    encode,
 )
 
 from .fake_openai import FakeOpenAI
@@ -138,7 +140,7 @@ async def test_a_failed_fine_tune_is_retried_then_dead_lettered(env: Env) -> Non
     failed = [e for e in await env.events(TrainingFailed.SUBJECT) if e.job_id == job_id]
     assert [e.attempt for e in failed] == [1, 2]
     assert all("GPU caught fire" in e.error for e in failed)
-    assert env.fake.created_jobs == jobs + 1  # the retry resumed the job, made no second one
+    assert env.fake.created_jobs == jobs + 2  # a failed remote job is not resumed: retried
     code, status = await env.get(f"/api/llm/train/{job_id}")
     assert code == 200 and status["status"] == "failed"
     # chat went on, on the model swapped in before
@@ -160,3 +162,51 @@ async def test_a_restart_keeps_the_fine_tuned_model(env: Env, tmp_path: Path) ->
         assert answer == CORRECTION
     finally:
         await again.stop()
+
+
+async def _idle(env: Env, timeout: float = 60.0) -> None:
+    """Until every consumer of the brain's stream has nothing pending or unacked."""
+    js = env.brain.bus.js  # type: ignore[union-attr]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        infos = await js.consumers_info("BRAIN")
+        if all((c.num_pending or 0) + (c.num_ack_pending or 0) == 0 for c in infos):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the brain's agents never went idle")
+
+
+async def test_a_failed_job_asked_again_trains_and_then_never_again(env: Env) -> None:
+    await _idle(env)  # every completion scored: the dataset holds still
+    # the same dataset as the job that failed for good above: asked again, another round
+    status, body = await env.post("/api/llm/train", {})
+    assert status == 202, body
+    job_id = body["job"]["job_id"]
+    (request,) = [
+        e for e in await env.events(TrainingRequested.SUBJECT) if e.job_id == job_id and e.retry
+    ]
+    assert request.retry == 1
+    deadline = time.monotonic() + 60
+    while body["job"]["status"] not in ("swapped_in", "failed") and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        _, body["job"] = await env.get(f"/api/llm/train/{job_id}")
+    assert body["job"]["status"] == "swapped_in", str(body["job"])
+    assert [f["attempt"] for f in body["job"]["failures"]] == [1, 2]  # the first round's
+
+    # asked again for the same dataset on the same base: the job as it stands, not a new one
+    status, again = await env.post("/api/llm/train", {})
+    assert status == 200, again
+    assert again["job"]["job_id"] == job_id and again["job"]["status"] == "swapped_in"
+    assert "trained already" in again["note"]
+
+    # the request once more, past JetStream's duplicate window (another message id), as a
+    # redelivery after a crash between TrainingFinished and the ack would bring it
+    swaps = [e for e in await env.events(ModelSwapped.SUBJECT) if e.job_id == job_id]
+    jobs, model = env.fake.created_jobs, env.brain.model
+    js = env.brain.bus.js  # type: ignore[union-attr]
+    await js.publish(request.SUBJECT, encode(request), headers={"Nats-Msg-Id": "copy-1"})
+    await _idle(env)
+    assert [e for e in await env.events(ModelSwapped.SUBJECT) if e.job_id == job_id] == swaps
+    finished = [e for e in await env.events(TrainingFinished.SUBJECT) if e.job_id == job_id]
+    assert len(finished) == 1
+    assert env.fake.created_jobs == jobs and env.brain.model == model
