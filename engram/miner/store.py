@@ -296,6 +296,14 @@ class MemoryStore:
         self.notified_seq = 0
         self._snap_counter = 0
         self._indexes: dict[str, Index] = {}
+        # An apply batch's index changes wait for its commit (``_flush_index``): the vectors
+        # it stored (namespace → key → vector) go in with one call per namespace (a batched
+        # HNSW insert costs ~0.7x the same inserts made one call each) after the keys it
+        # replaced or deleted are removed. An event's own changes are staged in ``_event_ops``
+        # and kept only if the event applies (its savepoint is released).
+        self._adds: dict[str, dict[int, Vector]] = {}
+        self._removes: dict[str, set[int]] = {}
+        self._event_ops: list[tuple[str, int, Vector | None]] = []
         self._db: sqlite3.Connection | None = None
         self._lockfile: TextIO | None = None
         self.applied_seq = 0
@@ -492,8 +500,7 @@ class MemoryStore:
         row = db.execute(
             "SELECT key, deleted FROM memories WHERE namespace=? AND cid=?", (namespace, cid)
         ).fetchone()
-        known = self._indexes.get(namespace)
-        if row is not None and not row[1] and known is not None and int(row[0]) in known:
+        if row is not None and not row[1] and self._has_vector(namespace, int(row[0])):
             self.stats.duplicates += 1
             return ApplyResult(seq, "duplicate", cid, request_id, namespace)
         self._check_namespace(namespace)
@@ -513,18 +520,15 @@ class MemoryStore:
                 " text=?, deleted=0, seq=? WHERE key=?",
                 (meta_json, blob, model_version, request_id, text, seq, key),
             )
-        db.execute("DELETE FROM meta_kv WHERE key=?", (key,))
-        db.executemany(
-            "INSERT INTO meta_kv (namespace, k, v, key) VALUES (?,?,?,?)",
-            [(namespace, k, canonical_value(v), key) for k, v in metadata.items()],
-        )
-        # the index last: what raised before left nothing behind (the savepoint undoes sqlite)
-        idx = self._index(namespace)
-        if key in idx:  # an updated vector is remove + add: a duplicate key raises
-            idx.remove(key)
-        else:
-            self._live += 1
-        idx.add(key, vec)
+        if row is not None:  # the old row's metadata goes
+            db.execute("DELETE FROM meta_kv WHERE key=?", (key,))
+        if metadata:
+            db.executemany(
+                "INSERT INTO meta_kv (namespace, k, v, key) VALUES (?,?,?,?)",
+                [(namespace, k, canonical_value(v), key) for k, v in metadata.items()],
+            )
+        self._index(namespace)  # the namespace's index exists from its first memory on
+        self._event_ops.append((namespace, key, vec))  # in the index as the batch commits
         self._dirty.add(namespace)
         self.stats.applied += 1
         return ApplyResult(seq, "stored", cid, request_id, namespace)
@@ -539,10 +543,8 @@ class MemoryStore:
             args = (cid, namespace)
         rows = db.execute(q, args).fetchall()
         for key, ns in rows:
-            idx = self._indexes.get(ns)
-            if idx is not None and int(key) in idx:
-                idx.remove(int(key))
-                self._live -= 1
+            if self._has_vector(ns, int(key)):
+                self._event_ops.append((ns, int(key), None))
                 self._dirty.add(ns)
             db.execute("UPDATE memories SET deleted=1, seq=? WHERE key=?", (seq, key))
             db.execute("DELETE FROM meta_kv WHERE key=?", (key,))
@@ -686,12 +688,15 @@ class MemoryStore:
                     # most (it reads the same connection, so it sees the batch so far)
                     with self._lock:
                         db.execute("SAVEPOINT ev")
+                        self._event_ops.clear()
                         try:
                             res = self._apply_one(seq, ev, expected.get(seq))
                             db.execute("RELEASE ev")
+                            self._stage_event()
                         except Exception as exc:
                             db.execute("ROLLBACK TO ev")
                             db.execute("RELEASE ev")
+                            self._event_ops.clear()
                             if raise_on_reject and isinstance(exc, StoreError):
                                 raise
                             res = self._refused(seq, ev, exc)
@@ -700,6 +705,7 @@ class MemoryStore:
                         self.applied_seq = seq
             finally:
                 with self._lock:
+                    self._flush_index()
                     db.execute(
                         "INSERT OR REPLACE INTO state (k, v) VALUES ('applied_seq', ?)",
                         (str(self.applied_seq),),
@@ -707,6 +713,42 @@ class MemoryStore:
                     db.execute("COMMIT")
                     self._recount()
         return results
+
+    def _has_vector(self, namespace: str, key: int) -> bool:
+        """Whether ``key`` has a vector in ``namespace`` as of the events applied so far
+        (the index, with this batch's staged changes)."""
+        if key in self._adds.get(namespace, ()):
+            return True
+        if key in self._removes.get(namespace, ()):
+            return False
+        idx = self._indexes.get(namespace)
+        return idx is not None and key in idx
+
+    def _stage_event(self) -> None:
+        """Keep the index changes of an event that applied (see ``_flush_index``)."""
+        for ns, key, vec in self._event_ops:
+            adds = self._adds.setdefault(ns, {})
+            adds.pop(key, None)
+            idx = self._indexes.get(ns)
+            if idx is not None and key in idx:  # replaced or deleted: out of the index first
+                self._removes.setdefault(ns, set()).add(key)
+            if vec is not None:
+                adds[key] = vec
+        self._event_ops.clear()
+
+    def _flush_index(self) -> None:
+        """Apply the batch's index changes: removals, then one add per namespace."""
+        adds, removes = self._adds, self._removes
+        self._adds, self._removes = {}, {}
+        for ns, keys in removes.items():
+            idx = self._indexes[ns]
+            for key in keys:
+                if key in idx:
+                    idx.remove(key)
+        for ns, vectors in adds.items():
+            if vectors:
+                new = np.fromiter(vectors, dtype=np.uint64, count=len(vectors))
+                self._indexes[ns].add(new, np.stack(list(vectors.values())), threads=1)
 
     def _refused(self, seq: int, ev: Any, exc: Exception) -> ApplyResult:
         expected = isinstance(exc, StoreError)

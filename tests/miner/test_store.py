@@ -327,3 +327,55 @@ def test_a_snapshot_serialises_only_the_namespaces_that_changed(tmp_path, rng):
     assert reopened.namespaces() == {"big": 20, "small": 6}
     assert reopened.search(vecs[3], 1, namespace="big")[0].metadata["i"] == 3
     assert reopened.search(vecs[25], 1, namespace="small")[0].metadata["i"] == 25
+
+
+def test_one_batch_gives_what_the_events_give_one_at_a_time(tmp_path, rng):
+    """The index changes of a batch wait for its commit; duplicates, deletes and re-adds
+    inside one batch, and a refused event, end as they do applied one by one."""
+    vecs = unit(rng, 12)
+    bad = msgspec.structs.replace(emb(11, vecs[11]), cid=emb(0, vecs[0]).cid)  # wrong CID
+    events = [emb(i, vecs[i]) for i in range(8)]
+    events += [
+        emb(3, vecs[3]),  # a duplicate of one stored this batch
+        Deleted(cid=emb(4, vecs[4]).cid),  # stored this batch, then deleted
+        msgspec.structs.replace(emb(4, vecs[4]), request_id="r4-again"),  # and stored again
+        Deleted(cid=emb(5, vecs[5]).cid),  # stored this batch, deleted for good
+        bad,
+        emb(8, vecs[8], ns="other"),
+        emb(9, vecs[9], ns="other"),
+        Deleted(cid=emb(9, vecs[9], ns="other").cid, namespace="other"),
+    ]
+    items = [(i + 1, ev) for i, ev in enumerate(events)]
+    batched, single = MemoryStore(tmp_path / "a"), MemoryStore(tmp_path / "b")
+    got = [(r.seq, r.kind) for r in batched.apply_batch(items)]
+    want = [(r.seq, r.kind) for item in items for r in single.apply_batch([item])]
+    assert got == want
+    assert ("duplicate" in dict(got).values()) and dict(got)[13] == "rejected"
+    for store in (batched, single):
+        assert len(store) == 8  # 0-7 but 5, and 8
+        assert store.search(vecs[4], 1)[0].cid == emb(4, vecs[4]).cid
+        assert all(h.cid != emb(5, vecs[5]).cid for h in store.search(vecs[5], 8))
+        assert [h.metadata["i"] for h in store.search(vecs[8], 2, namespace="other")] == [8]
+    # and the same after a snapshot and a reopen
+    batched.snapshot()
+    batched.close()
+    again = MemoryStore(tmp_path / "a")
+    assert len(again) == 8 and again.search(vecs[7], 1)[0].metadata["i"] == 7
+
+
+def test_an_event_that_fails_midway_leaves_no_vector(tmp_path, rng, monkeypatch):
+    store = MemoryStore(tmp_path)
+    vecs = unit(rng, 3)
+    real = store._record_request
+
+    def record(res):  # the store's own bookkeeping fails after the vector was staged
+        if res.request_id == "r1":
+            raise RuntimeError("disk on fire")
+        real(res)
+
+    monkeypatch.setattr(store, "_record_request", record)
+    res = store.apply_batch([(i + 1, emb(i, vecs[i])) for i in range(3)])
+    assert [r.kind for r in res] == ["stored", "rejected", "stored"]
+    assert "disk on fire" in res[1].error
+    assert len(store) == 2 and store.get(emb(1, vecs[1]).cid) is None
+    assert all(h.metadata["i"] != 1 for h in store.search(vecs[1], 3))
