@@ -6,7 +6,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/engram-ci/arlocal"
-want="$(sha256sum "$here/package.json" "$here/package-lock.json" | sha256sum | cut -c1-16)"
+# the key is the two files' bytes (not their paths: every fresh clone must find the cache)
+want="$(cat "$here/package.json" "$here/package-lock.json" | sha256sum | cut -c1-16)"
 if [ -x "$cache/node_modules/.bin/arlocal" ] && [ "$(cat "$cache/.stamp" 2>/dev/null)" = "$want" ]; then
     echo "arlocal: cached in $cache"
     exit 0
