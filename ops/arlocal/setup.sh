@@ -13,6 +13,17 @@ if [ -x "$cache/node_modules/.bin/arlocal" ] && [ "$(cat "$cache/.stamp" 2>/dev/
     exit 0
 fi
 command -v npm >/dev/null || { echo "arlocal-setup: npm is not installed (apt-get install nodejs npm)" >&2; exit 1; }
+# node-gyp builds sqlite3 against node's headers; with no nodedir configured it downloads them
+# from nodejs.org, which a machine that reaches only package registries cannot: use the
+# headers installed beside node (Debian's and NodeSource's packages ship include/node)
+if [ -z "${npm_config_nodedir:-}" ] && [ -z "$(npm config get nodedir 2>/dev/null | grep -v '^undefined$' || true)" ]; then
+    prefix="$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")"
+    if [ -f "$prefix/include/node/node.h" ]; then
+        export npm_config_nodedir="$prefix"
+    else
+        echo "arlocal-setup: no node headers under $prefix/include/node; node-gyp will download them" >&2
+    fi
+fi
 if mkdir -p "$cache" 2>/dev/null && cp "$here/package.json" "$here/package-lock.json" "$cache/"; then
     rm -f "$cache/.stamp"
     if (cd "$cache" && npm ci --no-audit --no-fund --loglevel=error); then
