@@ -5,7 +5,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 # install everything into the active venv: engram-core built from source by maturin,
 # llama.cpp from its cached wheel (ops/brain), arlocal with npm (ops/arlocal)
 setup:
-    ops/brain/install-llama.sh
+    ops/install-offline.sh
     pip install -q ./engram-core -e '.[dev,brain,lora]'
     bash ops/arlocal/setup.sh
 

