@@ -273,7 +273,9 @@ class MemoryStore:
         dim: int = 384,
         dtype: str = "bf16",
         connectivity: int = 16,
-        expansion_add: int = 128,
+        # 64, not 128: half the insert cost (0.16 vs 0.33 ms per vector at 30k real-text
+        # vectors) for recall@10 0.993 vs 0.994 on the same queries
+        expansion_add: int = 64,
         expansion_search: int = 96,
         max_namespaces: int = MAX_NAMESPACES,
     ) -> None:
