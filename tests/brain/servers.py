@@ -54,6 +54,18 @@ class Server:
         async with aiohttp.ClientSession() as s, s.get(self.url + path) as r:
             return r.status, await r.json()
 
+    async def correct_and_train(self, completion_id: str, correction: str) -> Any:
+        """Correct a completion (``/v1/feedback``), wait until it is in the log, then
+        ``POST /api/llm/train``: its 202 body."""
+        status, _ = await self.post(
+            "/v1/feedback", {"completion_id": completion_id, "score": 0.0, "correction": correction}
+        )
+        assert status == 202
+        assert await self.brain.settle(timeout=60)
+        status, body = await self.post("/api/llm/train", {})
+        assert status == 202, body
+        return body
+
 
 S = TypeVar("S", bound=Server)
 

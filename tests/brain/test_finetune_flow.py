@@ -51,13 +51,7 @@ class Env(Server):
 
     async def correct(self, user: str, prompt: str, correction: str) -> str:
         first = await self.ask(user, prompt)
-        status, _ = await self.post(
-            "/v1/feedback", {"completion_id": first.id, "score": 0.0, "correction": correction}
-        )
-        assert status == 202
-        assert await self.brain.settle(timeout=60)
-        status, body = await self.post("/api/llm/train", {})
-        assert status == 202, body
+        body = await self.correct_and_train(first.id, correction)
         return str(body["job"]["job_id"])
 
     async def events(self, subject: str) -> list[Any]:

@@ -82,14 +82,7 @@ async def test_a_correction_trains_an_adapter_that_is_swapped_in(server: Server)
         max_tokens=16,
         extra_body={"memory": {"user_id": "zed"}},
     )
-    status, _ = await server.post(
-        "/v1/feedback", {"completion_id": first.id, "score": 0.0, "correction": CORRECTION}
-    )
-    assert status == 202
-    assert await server.brain.settle(timeout=60)
-
-    status, started = await server.post("/api/llm/train", {})
-    assert status == 202, started
+    started = await server.correct_and_train(first.id, CORRECTION)
     assert started["trainer"] == "lora" and started["corrected"] >= 1
     exported = await asyncio.to_thread(Path(started["path"]).read_text)
     assert CORRECTION in exported
