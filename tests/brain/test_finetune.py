@@ -184,7 +184,7 @@ async def test_the_trainer_comes_from_the_settings() -> None:
     assert check_dataset(b'{"messages": [{"role": "assistant", "content": "x"}]}\n') == 1
 
 
-def test_a_trainer_without_its_packages_is_a_config_error_at_start(
+async def test_a_trainer_without_its_packages_is_a_config_error_at_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from engram.brain import training
