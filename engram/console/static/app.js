@@ -304,14 +304,21 @@ async function runQuery(event) {
 // --- CID -------------------------------------------------------------------------------
 
 pages.cid = {
-  async enter(cid) {
+  // live like the other pages: proofs and verdicts appear as the validator samples the CID
+  enter(cid) {
+    this.leave();
     for (const id of ["#cid-ids tbody", "#cid-assigned tbody", "#cid-proofs tbody"]) $(id).replaceChildren();
     $("#cid-record").replaceChildren(el("p", { class: "muted", text: "loading…" }));
+    this.stop = every(4000, () => this.refresh(cid));
+  },
+  leave() { this.stop && this.stop(); this.stop = null; },
+  async refresh(cid) {
     let d;
     try { d = await api(`/api/console/cid/${encodeURIComponent(cid)}`); } catch (e) {
       $("#cid-record").replaceChildren(el("p", { class: "fail", text: e.message }));
       return;
     }
+    if (location.hash !== `#/cid/${cid}` && location.hash !== `#/cid/${encodeURIComponent(cid)}`) return;
     const st = $("#cid-status");
     st.textContent = d.status || "not yet proven";
     st.className = `badge ${d.status === "HEALTHY" ? "ok" : d.status === "LOST" || d.status === "CRITICAL" ? "bad" : "warn"}`;
