@@ -23,7 +23,9 @@ from engram.keys import resolve_keypair
 from .models import BlobReceipt, Hit, ItemResult, Memory, MemoryPage
 from .protocol import (
     DEFAULT_CHUNK,
+    DEFAULT_CONCURRENCY,
     ClientCore,
+    Concurrently,
     CoreView,
     Exchange,
     Op,
@@ -114,7 +116,31 @@ class AsyncEngramClient(CoreView):
             return None
         if isinstance(step, Parallel):
             return list(await asyncio.gather(*(self._timed(e) for e in step.exchanges)))
+        if isinstance(step, Concurrently):
+            return await self._concurrently(step)
         raise TypeError(f"unknown step {step!r}")
+
+    async def _concurrently(self, step: Concurrently) -> list[Any]:
+        """``step.limit`` tasks, each running the next operation as the last one ends; the
+        first error cancels the others."""
+        out: dict[int, Any] = {}
+        ops = enumerate(step.ops)
+
+        async def lane() -> None:
+            for i, op in ops:  # shared: each task takes the next operation
+                out[i] = await self._run(op)
+
+        lanes = [asyncio.create_task(lane()) for _ in range(step.limit)]
+        try:
+            await asyncio.wait(lanes, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for t in lanes:
+                t.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
+        for t in lanes:
+            if not t.cancelled() and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+        return [out[i] for i in sorted(out)]
 
     async def _run(self, op: Op[T]) -> T:
         try:
@@ -218,6 +244,7 @@ class AsyncEngramClient(CoreView):
         wait: bool = True,
         timeout_s: float = 60.0,
         progress: Callable[[int, int | None], None] | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
     ) -> list[ItemResult]:
         return await self._run(
             self._core.batch_ingest(
@@ -227,6 +254,7 @@ class AsyncEngramClient(CoreView):
                 wait=wait,
                 timeout_s=timeout_s,
                 progress=progress,
+                concurrency=concurrency,
             )
         )
 

@@ -16,6 +16,7 @@ import asyncio
 import http.client
 import os
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +30,9 @@ from engram.keys import resolve_keypair
 from .models import BlobReceipt, Hit, ItemResult, Memory, MemoryPage
 from .protocol import (
     DEFAULT_CHUNK,
+    DEFAULT_CONCURRENCY,
     ClientCore,
+    Concurrently,
     CoreView,
     Exchange,
     Op,
@@ -100,7 +103,36 @@ def _perform(step: Step) -> Any:
             return []
         with ThreadPoolExecutor(max_workers=min(16, len(step.exchanges))) as pool:
             return list(pool.map(_timed, step.exchanges))
+    if isinstance(step, Concurrently):
+        return _concurrently(step)
     raise TypeError(f"unknown step {step!r}")
+
+
+def _concurrently(step: Concurrently) -> list[Any]:
+    """``step.limit`` threads, each running the next operation as the last one ends."""
+    out: dict[int, Any] = {}
+    ops = enumerate(step.ops)
+    lock = threading.Lock()
+    failed = threading.Event()
+
+    def lane() -> None:
+        while not failed.is_set():
+            with lock:  # the operations are made lazily, one thread at a time
+                try:
+                    i, op = next(ops)
+                except StopIteration:
+                    return
+            try:
+                out[i] = run_sync(op, _perform)
+            except BaseException:
+                failed.set()
+                raise
+
+    with ThreadPoolExecutor(max_workers=step.limit, thread_name_prefix="engram-sdk") as pool:
+        lanes = [pool.submit(lane) for _ in range(step.limit)]
+        for f in lanes:
+            f.result()  # the first error, once every lane has stopped
+    return [out[i] for i in sorted(out)]
 
 
 class EngramClient(CoreView):
@@ -236,11 +268,14 @@ class EngramClient(CoreView):
         wait: bool = True,
         timeout_s: float = 60.0,
         progress: Callable[[int, int | None], None] | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
     ) -> list[ItemResult]:
         """Ingest many items: strings, or objects with ``text`` (or ``embedding``),
         ``metadata``, ``namespace``, ``request_id``; or a JSONL file path (one such item a
-        line). Sent in chunks of ``chunk_size``; ``progress(done, total)`` after each
-        chunk (``total`` None for a file). One :class:`ItemResult` per item, in order."""
+        line). Sent in chunks of ``chunk_size``, ``concurrency`` chunks at a time (the
+        miner embeds one while the next waits in its queue: 4 in flight were ~1.5x the
+        rate of one at a time on 2 cores); ``progress(done, total)`` after each round of
+        chunks (``total`` None for a file). One :class:`ItemResult` per item, in order."""
         return self._run(
             self._core.batch_ingest(
                 items,
@@ -249,6 +284,7 @@ class EngramClient(CoreView):
                 wait=wait,
                 timeout_s=timeout_s,
                 progress=progress,
+                concurrency=concurrency,
             )
         )
 

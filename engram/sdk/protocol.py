@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
@@ -47,6 +48,7 @@ __all__ = [
     "CID_RE",
     "CONTENT_CID_RE",
     "ClientCore",
+    "Concurrently",
     "Exchange",
     "Op",
     "Parallel",
@@ -68,6 +70,10 @@ CID_RE = re.compile(r"v1::[0-9a-fA-F]{64}")
 CONTENT_CID_RE = re.compile(r"sha256:[0-9a-fA-F]{64}")
 #: items per ``/IngestBatch`` request (the axon takes at most 1000)
 DEFAULT_CHUNK = 64
+#: ``batch_ingest`` requests in flight: the miner embeds one while the next ones wait in
+#: its queue, so its model does not idle between a client's requests
+DEFAULT_CONCURRENCY = 4
+MAX_CONCURRENCY = 16
 MAX_CHUNK = 1000
 USER_AGENT = "engram-sdk/1"
 
@@ -131,7 +137,17 @@ class TransportFailure:
     message: str
 
 
-Step: TypeAlias = Exchange | Sleep | Parallel
+@dataclass(frozen=True)
+class Concurrently:
+    """Run the operations ``ops`` yields, each on its own (its own retries and sleeps), at
+    most ``limit`` at a time, taking the next as one ends; send back their results in
+    ``ops``' order, or raise the first error (no new operation starts after it)."""
+
+    ops: Iterator[Op[Any]]
+    limit: int
+
+
+Step: TypeAlias = Exchange | Sleep | Parallel | Concurrently
 Outcome: TypeAlias = Reply | TransportFailure
 Op: TypeAlias = Generator[Step, Any, T]
 
@@ -514,10 +530,12 @@ class ClientCore:
         wait: bool = True,
         timeout_s: float = 60.0,
         progress: Callable[[int, int | None], None] | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
     ) -> Op[list[ItemResult]]:
-        """Ingest many: chunked ``/IngestBatch`` requests; one :class:`ItemResult` per item,
-        in input order. An item the miner finds invalid is reported and the rest of its
-        chunk is sent again; a chunk the miner finds too large is split."""
+        """Ingest many: chunked ``/IngestBatch`` requests, up to ``concurrency`` in flight;
+        one :class:`ItemResult` per item, in input order. An item the miner finds invalid
+        is reported and the rest of its chunk is sent again; a chunk the miner finds too
+        large is split. ``progress`` may be called from the driver's threads."""
         if isinstance(items, str | os.PathLike):
             source: Iterable[tuple[int | None, Any]] = jsonl_items(items)
             total = None
@@ -527,36 +545,50 @@ class ClientCore:
             source = ((None, x) for x in seq)
         chunk_size = max(1, min(chunk_size, MAX_CHUNK))
         results: list[ItemResult] = []
-        chunk: list[tuple[ItemResult, dict[str, Any]]] = []
-        done = 0
+        done = [0, -1]  # items done, and the count last reported
+        lock = threading.Lock()  # chunks may end on the sync driver's threads
 
-        def report() -> None:
-            if progress is not None:
-                progress(done, total)
+        def report(n: int) -> None:
+            with lock:
+                done[0] += n
+                done[1] = done[0]
+                if progress is not None:
+                    progress(done[0], total)
 
-        for index, (line, item) in enumerate(source):
-            if isinstance(item, str) and line is not None and item.startswith("!"):
-                results.append(ItemResult(index, None, "invalid", error=item[1:], line=line))
-                done += 1
-                continue
-            try:
-                body = self._item_body(item, namespace)
-            except BadRequest as exc:
-                results.append(ItemResult(index, None, "invalid", error=exc.reason, line=line))
-                done += 1
-                continue
-            res = ItemResult(index, body["request_id"], "accepted", line=line)
-            results.append(res)
-            chunk.append((res, body))
-            if len(chunk) >= chunk_size:
-                yield from self._send_chunk(chunk, wait, timeout_s)
-                done += len(chunk)
-                chunk = []
-                report()
-        if chunk:
+        def report_invalid() -> None:  # counted, reported with the next chunk
+            with lock:
+                done[0] += 1
+
+        def send(chunk: list[tuple[ItemResult, dict[str, Any]]]) -> Op[None]:
             yield from self._send_chunk(chunk, wait, timeout_s)
-            done += len(chunk)
-        report()
+            report(len(chunk))
+
+        def chunks() -> Iterator[Op[None]]:  # read lazily: a file is never held whole
+            chunk: list[tuple[ItemResult, dict[str, Any]]] = []
+            for index, (line, item) in enumerate(source):
+                if isinstance(item, str) and line is not None and item.startswith("!"):
+                    results.append(ItemResult(index, None, "invalid", error=item[1:], line=line))
+                    report_invalid()
+                    continue
+                try:
+                    body = self._item_body(item, namespace)
+                except BadRequest as exc:
+                    results.append(ItemResult(index, None, "invalid", error=exc.reason, line=line))
+                    report_invalid()
+                    continue
+                res = ItemResult(index, body["request_id"], "accepted", line=line)
+                results.append(res)
+                chunk.append((res, body))
+                if len(chunk) >= chunk_size:
+                    yield send(chunk)
+                    chunk = []
+            if chunk:
+                yield send(chunk)
+
+        limit = max(1, min(concurrency, MAX_CONCURRENCY))
+        yield Concurrently(chunks(), limit)
+        if done[1] != done[0]:
+            report(0)  # the invalid items after the last chunk (or no chunk at all)
         return results
 
     def _send_chunk(

@@ -100,7 +100,9 @@ def test_batch_ingest_chunks_progress_and_per_item_results(client: EngramClient)
         {"metadata": {"no": "text"}},  # refused here: no text
         {"text": "delta is a river mouth", "metadata": "not an object"},
     ]
-    results = client.batch_ingest(items, chunk_size=2, progress=lambda d, t: seen.append((d, t)))
+    results = client.batch_ingest(
+        items, chunk_size=2, concurrency=3, progress=lambda d, t: seen.append((d, t))
+    )  # three chunks on three threads at once
     assert [type(r) for r in results] == [ItemResult] * 6
     assert [r.index for r in results] == list(range(6))
     assert [r.status for r in results] == [

@@ -101,6 +101,11 @@ def test_offline(driver: str) -> None:
         caller(driver, "http://127.0.0.1:9", retries=1, timeout=2)("health")
     assert off.value.url == "http://127.0.0.1:9"
     assert caller(driver, "http://127.0.0.1:9", retries=0)("is_online") is False
+    # chunks in flight on several threads or tasks: the first error comes out as itself
+    with pytest.raises(Offline):
+        caller(driver, "http://127.0.0.1:9", retries=0, timeout=2)(
+            "batch_ingest", [f"t{i}" for i in range(10)], chunk_size=2, concurrency=3
+        )
 
 
 class Stalled:
