@@ -758,12 +758,12 @@ class MemoryStore:
         for ns, vectors in adds.items():
             if not vectors:
                 continue
-            keys = np.fromiter(vectors, dtype=np.uint64, count=len(vectors))
+            new = np.fromiter(vectors, dtype=np.uint64, count=len(vectors))
             matrix = np.stack(list(vectors.values()))
-            idx = self._indexes[ns]
-            for at in range(0, len(keys), FLUSH_CHUNK):
+            index = self._indexes[ns]
+            for at in range(0, len(new), FLUSH_CHUNK):
                 with self._lock:
-                    idx.add(keys[at : at + FLUSH_CHUNK], matrix[at : at + FLUSH_CHUNK], threads=1)
+                    index.add(new[at : at + FLUSH_CHUNK], matrix[at : at + FLUSH_CHUNK], threads=1)
 
     def _refused(self, seq: int, ev: Any, exc: Exception) -> ApplyResult:
         expected = isinstance(exc, StoreError)
