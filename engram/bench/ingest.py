@@ -24,10 +24,11 @@ are never ingested. The benchmark measures, in order:
 * ``query_under_load_p99_ms``: the same queries, sequential, while another ingest (published
   as in the pipeline) keeps the embed worker busy;
 * ``batch64_docs_per_s``: ``/IngestBatch`` with 64 texts per request, each waiting until
-  its memories are stored, ``BATCH_INFLIGHT`` (4) requests in flight (a bulk loader that
-  keeps a few requests going), over ``BATCH_INFLIGHT_DOCS`` texts (16 requests, ramp-up
-  and drain included); ``batch64_sequential_docs_per_s``: the same, one request at a time
-  (as the SDK's ``batch_ingest`` sends its chunks) over ``BATCH_SEQUENTIAL_DOCS`` texts
+  its memories are stored, ``BATCH_INFLIGHT`` (4) requests in flight (a bulk loader's
+  client, as the SDK's ``batch_ingest`` keeps 4 chunks in flight by default), over
+  ``BATCH_INFLIGHT_DOCS`` texts (16 requests, ramp-up and drain included);
+  ``batch64_sequential_docs_per_s``: the same, one request at a time (the SDK with
+  ``concurrency=1``) over ``BATCH_SEQUENTIAL_DOCS`` texts
   (each request's publish, fsync, embedding and apply back to back). Each
   request's 64 texts are embedded on every lane (model batches of 8); with several in
   flight the worker embeds them in arrival order a request's worth at a time, so the
