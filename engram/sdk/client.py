@@ -272,10 +272,11 @@ class EngramClient(CoreView):
     ) -> list[ItemResult]:
         """Ingest many items: strings, or objects with ``text`` (or ``embedding``),
         ``metadata``, ``namespace``, ``request_id``; or a JSONL file path (one such item a
-        line). Sent in chunks of ``chunk_size``, ``concurrency`` chunks at a time (the
-        miner embeds one while the next waits in its queue: 4 in flight were ~1.5x the
-        rate of one at a time on 2 cores); ``progress(done, total)`` after each round of
-        chunks (``total`` None for a file). One :class:`ItemResult` per item, in order."""
+        line). Sent in chunks of ``chunk_size``, up to ``concurrency`` in flight (the
+        miner embeds one while the next wait in its queue: 4 in flight were ~1.25x the
+        rate of one at a time on 2 cores); ``progress(done, total)`` after each chunk,
+        from this client's threads (``total`` None for a file). One :class:`ItemResult`
+        per item, in order."""
         return self._run(
             self._core.batch_ingest(
                 items,
