@@ -316,6 +316,7 @@ class Embedder:
         self._no_queries.set()
         self._last_query = 0.0  # time.monotonic() when the last embed_one ended
         self.dim = int(self.model.embedding_size)
+        self._tokenizer = self._load_tokenizer()
         trim_memory()  # graph optimisation leaves ~60 MiB of freed protobuf behind
 
     @property
@@ -334,11 +335,13 @@ class Embedder:
             self.model_name = _CUSTOM_NAME
             self.model_version = DEFAULT_MODEL_VERSION
             self.model_id = DEFAULT_MODEL_ID
+            self._model_dir: Path | None = folder
             return TextEmbedding(
                 _CUSTOM_NAME, cache_dir=str(cache), specific_model_path=str(folder), **kwargs
             )
         # a hub model: fastembed downloads it when online, else uses its cache
         self.model_name = model
+        self._model_dir = None
         # no protocol label is fixed for other models: their name is both label and identity
         self.model_version = self.model_id = model.rsplit("/", 1)[-1]
         try:
@@ -346,16 +349,47 @@ class Embedder:
         except Exception as exc:
             raise EmbedderError(f"cannot load embedding model {model!r}: {exc}") from exc
 
-    def embed(self, texts: Sequence[str], batch_size: int | None = None) -> Matrix:
+    def _load_tokenizer(self) -> Any:
+        """The packaged model's tokenizer, for counting word pieces (no padding, truncated
+        at ``MAX_TOKENS`` like the model); None for a hub model (lengths in characters)."""
+        if self._model_dir is None:
+            return None
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(self._model_dir / "tokenizer.json"))
+        tok.no_padding()
+        tok.enable_truncation(MAX_TOKENS)
+        return tok
+
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        """What a model batch pads to, per text: word pieces (special tokens included) for
+        the packaged model, else characters. Sorting by word pieces rather than characters
+        leaves a model batch of similar texts almost no padding: on 5,000 definitions
+        (14 word pieces on average) ``embed`` ran ~1.35x faster (docs/architecture.md)."""
+        if self._tokenizer is None or not texts:
+            return [len(t) for t in texts]
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        return [len(e.ids) for e in encodings]
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        batch_size: int | None = None,
+        lengths: Sequence[int] | None = None,
+    ) -> Matrix:
         """Embed ``texts`` → ``(len(texts), dim)`` float32, rows unit-normalised, in input
-        order. Texts are sorted by length before batching: padding to the longest text in
-        a batch dominates the cost (MEASURED.md). The batches go to the lanes as each one
-        frees up; every lane gets work once there are ``2 * MIN_SPLIT`` texts."""
+        order. Texts are sorted by length (:meth:`lengths`, unless given) before batching:
+        padding to the longest text in a batch dominates the cost (MEASURED.md). The
+        batches go to the lanes as each one frees up; every lane gets work once there are
+        ``2 * MIN_SPLIT`` texts."""
         n = len(texts)
         if n == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         bs = split_batch_size(n, batch_size or self.batch_size, self.lanes)
-        order = sorted(range(n), key=lambda i: len(texts[i]))
+        size = list(lengths) if lengths is not None else self.lengths(texts)
+        if len(size) != n:
+            raise ValueError(f"{len(size)} lengths for {n} texts")
+        order = sorted(range(n), key=size.__getitem__)
         batches = [order[start : start + bs] for start in range(0, n, bs)]
         out = np.empty((n, self.dim), dtype=np.float32)
         used = min(self.lanes, len(batches))

@@ -80,7 +80,8 @@ class _Part:
             self.done.set_result(None)
 
 
-_Item = tuple[Delivery, _Part]
+#: a delivery, its handler call, and the text's length as the model pads it
+_Item = tuple[Delivery, _Part, int]
 
 
 def _fail(group: list[_Part], exc: BaseException) -> None:
@@ -95,7 +96,7 @@ def _fail(group: list[_Part], exc: BaseException) -> None:
 
 
 def _text_len(item: _Item) -> int:
-    return len(item[0].event.text)  # type: ignore[attr-defined]
+    return item[2]
 
 
 def _arrival(item: _Item) -> int:
@@ -112,7 +113,9 @@ class EmbedHandler:
     embed_seconds: float = 0.0
     _embedding: bool = False  # a window is on the CPU (one at a time)
     _window_over: asyncio.Event = field(default_factory=asyncio.Event)
-    _waiting: list[tuple[list[Delivery], asyncio.Future[None]]] = field(default_factory=list)
+    _waiting: list[tuple[list[Delivery], list[int], asyncio.Future[None]]] = field(
+        default_factory=list
+    )
     _last_trim: float = 0.0
     _behind: int = 0  # messages the server held back for this consumer at the last fetch
     _embeds: int = 0  # steps on the lanes now
@@ -170,8 +173,11 @@ class EmbedHandler:
         # gets the model next embeds all of them as one window, taking in batches that
         # arrive meanwhile too (a burst that came as many small fetches is still sorted
         # together), and settles each call's future once its deliveries are published.
+        # word pieces per text (the window sorts by them), counted off the loop
+        texts = [d.event.text for d in good]  # type: ignore[attr-defined]
+        lengths = await asyncio.to_thread(self.embedder.lengths, texts)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((good, done))
+        self._waiting.append((good, lengths, done))
         while not done.done():
             if self._embedding:  # the running window takes ours in, or we run the next
                 over = asyncio.ensure_future(self._window_over.wait())
@@ -217,10 +223,10 @@ class EmbedHandler:
     def _take_waiting(self, group: list[_Part]) -> list[_Item]:
         taken, self._waiting = self._waiting, []
         items: list[_Item] = []
-        for g, fut in taken:
+        for g, lengths, fut in taken:
             part = _Part(len(g), fut)
             group.append(part)
-            items.extend((d, part) for d in g)
+            items.extend((d, part, n) for d, n in zip(g, lengths, strict=True))
         return items
 
     async def _embed_window(self, group: list[_Part]) -> asyncio.Task[None] | None:
@@ -256,8 +262,9 @@ class EmbedHandler:
                     else:
                         todo.sort(key=_arrival)
                         chunk, todo = todo[:part], todo[part:]
-                    texts = [d.event.text for d, _ in chunk]  # type: ignore[attr-defined]
-                    running.append((chunk, self._embed(texts, bs)))
+                    texts = [d.event.text for d, _, _ in chunk]  # type: ignore[attr-defined]
+                    lengths = [n for _, _, n in chunk]
+                    running.append((chunk, self._embed(texts, bs, lengths)))
                 chunk, embedding = running.popleft()
                 matrix = await embedding
                 if publishing is not None:
@@ -271,13 +278,13 @@ class EmbedHandler:
             raise
         return publishing
 
-    def _embed(self, texts: list[str], bs: int) -> asyncio.Future[Matrix]:
+    def _embed(self, texts: list[str], bs: int, lengths: list[int]) -> asyncio.Future[Matrix]:
         """Start embedding ``texts`` on the lanes; ``embed_seconds`` counts the time at
         least one step was embedding."""
         if self._embeds == 0:
             self._busy_since = time.perf_counter()
         self._embeds += 1
-        fut = asyncio.ensure_future(asyncio.to_thread(self.embedder.embed, texts, bs))
+        fut = asyncio.ensure_future(asyncio.to_thread(self.embedder.embed, texts, bs, lengths))
 
         def done(_: object) -> None:
             self._embeds -= 1
@@ -292,16 +299,16 @@ class EmbedHandler:
         the server says more are waiting (a client's batch committed at once reaches the
         worker as a few fetches a few milliseconds apart)."""
         deadline = time.monotonic() + LINGER_MAX_S
-        seen = sum(len(g) for g, _ in self._waiting)
+        seen = sum(len(g) for g, _, _ in self._waiting)
         while seen < step and time.monotonic() < deadline:
             await asyncio.sleep(LINGER_GAP_S)
-            now = sum(len(g) for g, _ in self._waiting)
+            now = sum(len(g) for g, _, _ in self._waiting)
             if now == seen and not self._behind:
                 return
             seen = now
 
     async def _publish(self, items: list[_Item], matrix: Matrix) -> None:
-        chunk = [d for d, _ in items]
+        chunk = [d for d, _, _ in items]
         reqs: list[IngestRequested] = [d.event for d in chunk]  # type: ignore[misc]
         mv = self.embedder.model_version
         try:
@@ -337,7 +344,7 @@ class EmbedHandler:
         ]
         await self.publisher.publish_many(events)  # raises → the window is retried
         self.embedded += len(events)
-        for _, part in items:  # a handler call whose deliveries are all out is done
+        for _, part, _ in items:  # a handler call whose deliveries are all out is done
             part.settle()
 
 

@@ -45,6 +45,25 @@ def test_vectors_are_unit_float32_in_input_order(embedder: Embedder):
     assert embedder.embed([]).shape == (0, 384)
 
 
+def test_lengths_are_the_word_pieces_a_batch_pads_to(embedder: Embedder):
+    # [CLS] hello world [SEP]; an empty text is the two special tokens; a long text is
+    # truncated where the model truncates it. Characters rank the last two the other way:
+    # one common 14-letter phrase is fewer pieces than 6 letters of nonsense.
+    texts = ["hello world", "", "word " * 2000, "the government", "zxqvjk"]
+    assert embedder.lengths(texts) == [4, 2, 256, 4, 7]
+    assert embedder.lengths([]) == []
+
+
+def test_given_lengths_only_change_the_batching(embedder: Embedder):
+    texts = ["the sun rose", "x", "rain " * 30, "a dog barked at the mail carrier", "stocks fell"]
+    m = embedder.embed(texts, batch_size=2)
+    # any lengths (here the reverse of the truth) batch differently; rows stay in order
+    odd = embedder.embed(texts, batch_size=2, lengths=[-x for x in embedder.lengths(texts)])
+    np.testing.assert_allclose(odd, m, atol=1e-5)
+    with pytest.raises(ValueError, match="2 lengths for 5 texts"):
+        embedder.embed(texts, lengths=[1, 2])
+
+
 def test_offline_no_download(monkeypatch, model_cache: Path):
     """A fresh instance loads with the network switched off."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
