@@ -361,7 +361,6 @@ async def _batch64(http: Any, texts: list[str], inflight: int) -> float:
 
 async def _run(docs: int, queries: int, data_dir: Path, source: str) -> dict[str, Any]:
     import aiohttp
-    import msgspec
 
     from engram.config import Settings
     from engram.miner.embedder import Embedder
@@ -378,8 +377,6 @@ async def _run(docs: int, queries: int, data_dir: Path, source: str) -> dict[str
         log_level="warning",
         axon_auth="open",  # the bench's own loopback miner, unsigned load
     )
-    # batch 32: on 2 cores ~10% faster than 64 on length-sorted text (and than 16 at once)
-    settings = msgspec.structs.replace(settings, embed_batch=32, embed_batch_wait_s=0.05)
     node = MinerNode(settings, port=0, ingest_wait_s=60.0)
     await node.start()
     await asyncio.sleep(1.0)
