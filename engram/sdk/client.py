@@ -273,7 +273,7 @@ class EngramClient(CoreView):
         """Ingest many items: strings, or objects with ``text`` (or ``embedding``),
         ``metadata``, ``namespace``, ``request_id``; or a JSONL file path (one such item a
         line). Sent in chunks of ``chunk_size``, up to ``concurrency`` in flight (the
-        miner embeds one while the next wait in its queue: 4 in flight were ~1.25x the
+        miner embeds one while the next wait in its queue: 4 in flight were ~1.3x the
         rate of one at a time on 2 cores); ``progress(done, total)`` after each chunk,
         from this client's threads (``total`` None for a file). One :class:`ItemResult`
         per item, in order."""
