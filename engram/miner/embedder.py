@@ -386,10 +386,13 @@ class Embedder:
         if n == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         bs = split_batch_size(n, batch_size or self.batch_size, self.lanes)
-        size = list(lengths) if lengths is not None else self.lengths(texts)
-        if len(size) != n:
-            raise ValueError(f"{len(size)} lengths for {n} texts")
-        order = sorted(range(n), key=size.__getitem__)
+        if lengths is not None and len(lengths) != n:
+            raise ValueError(f"{len(lengths)} lengths for {n} texts")
+        if n <= bs:  # one model batch: its order pads nothing, so nothing is counted
+            order = list(range(n))
+        else:
+            size = list(lengths) if lengths is not None else self.lengths(texts)
+            order = sorted(range(n), key=size.__getitem__)
         batches = [order[start : start + bs] for start in range(0, n, bs)]
         out = np.empty((n, self.dim), dtype=np.float32)
         used = min(self.lanes, len(batches))
