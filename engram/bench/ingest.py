@@ -45,7 +45,14 @@ are never ingested. The benchmark measures, in order:
   ``pipeline_vs_sorted_cpu`` the second over the first: what the pipeline's own work costs
   beside the model, a figure that other load on a shared machine moves far less than the
   rates (on 2 idle cores, ``pipeline_vs_sorted`` cannot exceed it by much: both keep
-  both cores busy).
+  both cores busy);
+* ``pipeline_cpu_ms_per_doc_by_part``: the pipeline's CPU time per text split by where it
+  ran (:func:`cpu_by_part`: the model's lanes, the event loop, other Python threads, native
+  threads, nats-server), and ``pipeline_model_cpu_share`` the model's part of the whole.
+  The sorted baseline spends nearly all of its CPU in the model, so with every core busy
+  in both runs ``pipeline_vs_sorted`` is about this share: the rest is what the bus, the
+  store and the index cost per text. ``batch64_cpu_ms_per_doc_by_part`` is the same split
+  for the ``/IngestBatch`` run (its HTTP clients run on the event loop too).
 """
 
 from __future__ import annotations
@@ -238,11 +245,15 @@ def cpu_seconds() -> float:
     nats-server), from ``getrusage`` and ``/proc`` (children are left out elsewhere)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     total = r.ru_utime + r.ru_stime
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    task = Path(f"/proc/{os.getpid()}/task")
-    if not task.exists():
+    if not Path(f"/proc/{os.getpid()}/task").exists():
         return total
-    for t in task.iterdir():
+    return total + _child_cpu(os.sysconf("SC_CLK_TCK"))
+
+
+def _child_cpu(tick: float) -> float:
+    """CPU seconds of this process's live children (the embedded nats-server)."""
+    total = 0.0
+    for t in Path(f"/proc/{os.getpid()}/task").iterdir():
         try:
             kids = (t / "children").read_text().split()
         except OSError:
@@ -254,6 +265,44 @@ def cpu_seconds() -> float:
                 continue
             total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+#: The parts ``cpu_by_part`` splits the miner's CPU time into.
+CPU_PARTS = ("model", "event_loop", "threads", "native", "nats_server")
+
+
+def cpu_by_part() -> dict[str, float]:
+    """CPU seconds so far, per part of the miner (Linux ``/proc``; empty elsewhere):
+    ``model``, the embedder's lanes (threads ``embed_N``); ``event_loop``, the main thread
+    (this benchmark runs the miner's event loop there: the bus, the workers, the runner,
+    the axon); ``threads``, the other Python threads (the store's applies, word-piece
+    counts, snapshots, queries); ``native``, threads Python did not start (the tokenizer's
+    pool); ``nats_server``, the embedded server. Threads that ended are not counted."""
+    task = Path(f"/proc/{os.getpid()}/task")
+    if not task.exists():
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    main = threading.main_thread().native_id
+    out = dict.fromkeys(CPU_PARTS, 0.0)
+    for t in task.iterdir():
+        try:
+            fields = (t / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        tid = int(t.name)
+        name = names.get(tid)
+        if tid == main:
+            part = "event_loop"
+        elif name is None:
+            part = "native"
+        elif name.startswith("embed_"):
+            part = "model"
+        else:
+            part = "threads"
+        out[part] += (int(fields[11]) + int(fields[12])) / tick
+    out["nats_server"] = _child_cpu(tick)
+    return out
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -388,9 +437,11 @@ async def _run(docs: int, queries: int, data_dir: Path, source: str) -> dict[str
         assert node.axon.embedder is embedder  # one model for queries and batches
 
         # --- the pipeline: publish → queryable ---------------------------------------------
-        cpu0 = cpu_seconds()
+        cpu0, parts0 = cpu_seconds(), cpu_by_part()
         pipeline_s = await _publish_and_wait(node, corpus_texts)
         pipeline_cpu = cpu_seconds() - cpu0
+        parts = {k: v - parts0[k] for k, v in cpu_by_part().items()}
+        parts_total = float(sum(parts.values()))
         pipeline = docs / pipeline_s
         embed_s = node.handler.embed_seconds
         # the strongest baseline right after, on the now idle miner: the same model object
@@ -425,7 +476,9 @@ async def _run(docs: int, queries: int, data_dir: Path, source: str) -> dict[str
             stages = [b - a for a, b in zip(stages0, stages1, strict=True)]
             loaded_ms = await _queries_under_load(node, http, load_texts, query_texts)
             split = BATCH_INFLIGHT_DOCS
+            b64_parts0 = cpu_by_part()
             batch64 = await _batch64(http, batch_texts[:split], BATCH_INFLIGHT)
+            b64_parts = {k: v - b64_parts0[k] for k, v in cpu_by_part().items()}
             batch64_seq = await _batch64(http, batch_texts[split:], 1)
         rss_after = tree_rss_mib()
         index = {
@@ -475,9 +528,17 @@ async def _run(docs: int, queries: int, data_dir: Path, source: str) -> dict[str
         "pipeline_cpu_ms_per_doc": round(1000 * pipeline_cpu / docs, 3),
         "sorted_cpu_ms_per_doc": round(1000 * sorted_cpu[0] / docs, 3),
         "pipeline_vs_sorted_cpu": round(sorted_cpu[0] / pipeline_cpu, 3),
+        "pipeline_cpu_ms_per_doc_by_part": {k: round(1000 * v / docs, 3) for k, v in parts.items()},
+        # one lane embeds on an executor thread (under "threads"): no share to report
+        "pipeline_model_cpu_share": (
+            round(parts["model"] / parts_total, 3) if embedder.lanes > 1 and parts_total else None
+        ),
         "batch64_docs_per_s": round(batch64, 1),
         "batch64_vs_pipeline": round(batch64 / pipeline, 3),
         "batch64_inflight": BATCH_INFLIGHT,
+        "batch64_cpu_ms_per_doc_by_part": {
+            k: round(1000 * v / split, 3) for k, v in b64_parts.items()
+        },
         "batch64_sequential_docs_per_s": round(batch64_seq, 1),
         "recall_at_10": round(recall, 4),
         "query_p50_ms": q50,

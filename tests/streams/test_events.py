@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import random
+import uuid
+
 import msgspec
 import pytest
 
@@ -52,6 +56,26 @@ def test_event_ids_are_unique_and_time_ordered() -> None:
     ids = [ev.new_event_id() for _ in range(2000)]
     assert len(set(ids)) == len(ids)
     assert ids[0][:8] <= ids[-1][:8]  # leading hex digits carry the millisecond clock
+    for i in ids[:50]:
+        u = uuid.UUID(i)
+        assert str(u) == i and u.version == 7 and u.variant == uuid.RFC_4122
+
+
+def test_event_ids_do_not_repeat_after_a_seed_or_a_fork() -> None:
+    random.seed(7)
+    first = ev.new_event_id()
+    random.seed(7)  # a test (or Hypothesis) seeding the global generator
+    assert ev.new_event_id()[14:] != first[14:]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids must not be the parent's next ones
+        os.write(write, ev.new_event_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert len(child) == 36 and child[14:] != ev.new_event_id()[14:]
 
 
 def test_idempotency_key_is_the_request_id_scoped_by_caller() -> None:
