@@ -61,6 +61,7 @@ def test_event_ids_are_unique_and_time_ordered() -> None:
         assert str(u) == i and u.version == 7 and u.variant == uuid.RFC_4122
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
 def test_event_ids_do_not_repeat_after_a_seed_or_a_fork() -> None:
     random.seed(7)
     first = ev.new_event_id()
