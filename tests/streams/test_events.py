@@ -63,15 +63,21 @@ def test_event_ids_are_unique_and_time_ordered() -> None:
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
 def test_event_ids_do_not_repeat_after_a_seed_or_a_fork() -> None:
-    random.seed(7)
-    first = ev.new_event_id()
-    random.seed(7)  # a test (or Hypothesis) seeding the global generator
-    assert ev.new_event_id()[14:] != first[14:]
+    state = random.getstate()
+    try:
+        random.seed(7)
+        first = ev.new_event_id()
+        random.seed(7)  # a test (or Hypothesis) seeding the global generator
+        assert ev.new_event_id()[14:] != first[14:]
+    finally:
+        random.setstate(state)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its ids must not be the parent's next ones
-        os.write(write, ev.new_event_id().encode())
-        os._exit(0)
+        try:
+            os.write(write, ev.new_event_id().encode())
+        finally:
+            os._exit(0)
     os.close(write)
     child = os.read(read, 64).decode()
     os.waitpid(pid, 0)
